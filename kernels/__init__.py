@@ -1,0 +1,1 @@
+"""Triton kernels of rrm_fast (installed as ``rrm_fast.kernels``)."""
