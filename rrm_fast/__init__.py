@@ -19,5 +19,6 @@ if "rrm_fast.kernels" not in _sys.modules and _ilu.find_spec("rrm_fast.kernels")
         _mod = _ilu.module_from_spec(_spec)
         _sys.modules["rrm_fast.kernels"] = _mod
         _spec.loader.exec_module(_mod)
+        kernels = _mod
 
 from .ops import feature_matching_loss  # noqa: E402,F401
