@@ -1,0 +1,29 @@
+"""Small CNNs for 28x28 inputs (Fashion-MNIST), sized for a 2-core CPU.
+
+cnn_small: the demo's teacher. cnn_wide: the demo's student (wider convs, a different
+penultimate width, so RRM's projection is exercised).
+"""
+import torch.nn as nn
+
+from .base import FeatureClassifier
+
+
+def _conv_block(cin, cout):
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+
+
+def _cnn(in_channels, widths, hidden, image_size):
+    c1, c2 = widths
+    layers = _conv_block(in_channels, c1) + [nn.MaxPool2d(2)]
+    layers += _conv_block(c1, c2) + [nn.MaxPool2d(2)]
+    side = image_size // 4
+    layers += [nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def cnn_small(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), image_size=28):
+    return FeatureClassifier(_cnn(in_channels, (32, 64), 128, image_size), 128, num_classes, mean, std)
+
+
+def cnn_wide(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), image_size=28):
+    return FeatureClassifier(_cnn(in_channels, (64, 128), 256, image_size), 256, num_classes, mean, std)
