@@ -1,0 +1,5 @@
+"""Training methods, one file each, registered by name for ``--method``."""
+from .base import METHODS, Method, Option, StepOutput, ThreatModel, register
+from . import natural, pgd_at, fast_at, free_at, rrm  # noqa: F401  (registration)
+
+__all__ = ["METHODS", "Method", "Option", "StepOutput", "ThreatModel", "register"]

@@ -1,0 +1,94 @@
+"""The one interface every training method implements, and the registry the trainer reads.
+
+A method is one small class with one loss. The trainer calls, per minibatch,
+``for _ in range(method.replays): out = method.loss(x, y); backward; method.after_backward(); step``.
+A method declares what it needs so the trainer computes only that:
+``needs_teacher`` (load a frozen teacher) and ``teacher_outputs`` ({"logits"}, {"features"}).
+Method-specific options are declared in ``options`` and become CLI flags / config keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..attacks import PGD
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class Option:
+    default: Any
+    help: str
+    type: Callable = float
+
+
+@dataclass
+class ThreatModel:
+    norm: str = "Linf"
+    eps: float = 0.1
+    alpha: float | None = None  # PGD step; None -> 2.5 * eps / steps
+    steps: int = 10
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor                  # scalar to backpropagate
+    logits: torch.Tensor                # the student's logits on the inputs it was trained on (for train accuracy)
+    parts: dict = field(default_factory=dict)  # named loss terms for logging (detached floats or tensors)
+
+
+class Method:
+    name = "base"
+    paper = ""
+    needs_teacher = False
+    teacher_outputs: frozenset = frozenset()
+    adversarial = False                 # trains on attacked inputs (used by reports)
+    replays = 1                         # Free AT replays each minibatch
+    options: dict[str, Option] = {}
+
+    def __init__(self, student, teacher=None, threat: ThreatModel | None = None, **opts):
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"--method {self.name} needs a teacher: pass --teacher CKPT (a trained model) or --teacher ARCH")
+        self.student = student
+        self.teacher = teacher
+        self.threat = threat or ThreatModel()
+        for key, opt in self.options.items():
+            setattr(self, key, opt.type(opts.pop(key, opt.default)))
+        if opts:
+            raise ValueError(f"--method {self.name} has no option(s) {sorted(opts)}; it takes {sorted(self.options)}")
+
+    def attack(self, steps=None, **kw) -> PGD:
+        t = self.threat
+        steps = steps or t.steps
+        alpha = kw.pop("alpha", t.alpha if t.alpha is not None else 2.5 * t.eps / steps)
+        return PGD(self.student, eps=t.eps, alpha=alpha, steps=steps, norm=t.norm, **kw)
+
+    @torch.no_grad()
+    def teacher_forward(self, x):
+        """The frozen teacher's (logits, phi) on x, computing only what the method declared."""
+        want_feats = "features" in self.teacher_outputs
+        if want_feats:
+            return self.teacher(x, return_features=True)
+        return self.teacher(x), None
+
+    def loss(self, x, y) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Called after each backward, before the optimizer step (Free AT updates delta here)."""
+
+    def epochs_for(self, epochs: int) -> int:
+        """Epoch count the trainer runs for a requested budget (Free AT divides by its replays)."""
+        return epochs
