@@ -1,0 +1,105 @@
+"""The device loader (airbench style): the whole dataset lives on the device as uint8 and each
+batch is one gather + one convert, with no worker processes and no Python loop over samples.
+
+Layout: the images are stored once as (N, H + 2*pad, W + 2*pad, C) - channels last, with the
+zero padding of the random crop already applied - so that a random crop AND a horizontal
+flip of a whole batch is a single advanced-indexing gather: output pixel (i, r, c) reads
+stored pixel (idx[i], oy[i] + r, ox[i] + c) (or ox[i] + W-1-c when flipped). The gathered
+(B, H, W, C) tensor viewed as NCHW is already channels_last, and the uint8 -> float32 /255
+conversion writes the requested memory format in one pass.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .arrays import ArrayDataset
+from .sampling import EpochPlan, check_loader_args, plan_epoch
+
+
+def to_float_batch(nhwc_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1], contiguous or channels_last, one pass."""
+    b, h, w, c = nhwc_uint8.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b, c, h, w), dtype=torch.float32, device=nhwc_uint8.device, memory_format=fmt)
+    # Division (not * (1/255)) keeps 255 -> exactly 1.0.
+    torch.div(nhwc_uint8.permute(0, 3, 1, 2), 255.0, out=out)
+    return out
+
+
+def crop_flip_gather(store: torch.Tensor, idx: torch.Tensor, offset_y: torch.Tensor, offset_x: torch.Tensor,
+                     flip: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Batched random crop + flip from a padded NHWC uint8 store: (B, height, width, C)."""
+    ar_h = torch.arange(height, device=store.device)
+    ar_w = torch.arange(width, device=store.device)
+    rows = offset_y[:, None] + ar_h  # (B, H)
+    cols = offset_x[:, None] + torch.where(flip[:, None], width - 1 - ar_w, ar_w)  # (B, W)
+    return store[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class DeviceLoader:
+    """Iterates (x float32 [0,1] NCHW, y int64) batches of an `ArrayDataset` held on ``device``.
+
+    Epoch semantics: the sample order and augmentation of epoch e are pure functions of
+    (seed, e, rank) - see sampling.py - so call ``set_epoch(e)`` before each epoch (as with
+    DistributedSampler; without it every epoch repeats the same order) and
+    ``set_start_batch(k)`` to make the next iteration resume at batch k.
+    """
+
+    kind = "device"
+
+    def __init__(self, ds: ArrayDataset, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
+                 seed: int = 0, drop_last: bool = False, channels_last: bool = False, rank: int = 0,
+                 world_size: int = 1):
+        self._num_batches = check_loader_args(len(ds), batch_size, train=train, drop_last=drop_last,
+                                              rank=rank, world_size=world_size)
+        self.dataset, self.batch_size, self.train = ds, batch_size, train
+        self.device = torch.device(device)
+        self.seed, self.drop_last, self.channels_last = int(seed), drop_last, channels_last
+        self.rank, self.world_size = rank, world_size
+        self.pad = ds.pad if train else 0
+        self.flip = ds.flip if train else False
+        self.epoch, self._start_batch = 0, 0
+        _, _, self.height, self.width = ds.images.shape
+        store = ds.images.to(self.device).permute(0, 2, 3, 1)  # NHWC view; no copy when C == 1
+        if self.pad:
+            store = F.pad(store, (0, 0, self.pad, self.pad, self.pad, self.pad))  # zero fill, like RandomCrop(padding=pad)
+        self.store = store.contiguous()
+        self.labels = ds.labels.to(self.device)
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start_batch(self, batch: int) -> None:
+        if not 0 <= batch <= self._num_batches:
+            raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
+        self._start_batch = int(batch)
+
+    def plan(self) -> EpochPlan:
+        return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,
+                          rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
+                          pad=self.pad, flip=self.flip)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, self._start_batch = self._start_batch, 0
+        return self._batches(self.plan(), start)
+
+    def _batches(self, plan: EpochPlan, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # One host->device copy of the epoch's indices and draws; batches are then slices of them.
+        idx_all = plan.indices.to(self.device)
+        augment = plan.offset_y is not None
+        if augment:
+            oy_all, ox_all, fl_all = (t.to(self.device) for t in (plan.offset_y, plan.offset_x, plan.flip))
+        for b in range(start, plan.num_batches):
+            sl = plan.batch_slice(b)
+            idx = idx_all[sl]
+            if augment:
+                raw = crop_flip_gather(self.store, idx, oy_all[sl], ox_all[sl], fl_all[sl], self.height, self.width)
+            else:
+                raw = self.store.index_select(0, idx)
+            yield to_float_batch(raw, self.channels_last), self.labels.index_select(0, idx)
