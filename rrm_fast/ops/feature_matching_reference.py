@@ -1,10 +1,14 @@
 """Plain PyTorch reference for the feature-matching losses (RRM's feature term).
 
 Per row i of S, T (B x D):
-  cosine:        l_i = s·t / max(||s||·||t||, eps)           (F.cosine_similarity semantics)
+  cosine:        l_i = s·t / (max(||s||, eps) · max(||t||, eps))   (F.cosine_similarity)
   rel_l2:        l_i = ||s - t||_2 / max(||t||_2, eps)
   normalized_l2: l_i = || s/max(||s||,eps) - t/max(||t||,eps) ||_2^2
-The fused Triton kernel (kernels/feature_matching.py) is tested against this.
+Cosine is F.cosine_similarity itself: since torch 1.12 it clamps each norm separately (not their
+product) and does the clamp under no_grad, so autograd differentiates the unclamped norm. A zero
+row gives cos = 0 and the finite gradient t / (eps·||t||). The fused Triton kernel
+(kernels/feature_matching.py) reproduces exactly these values and autograd gradients, and is
+tested against this file in float64.
 """
 from __future__ import annotations
 
