@@ -23,4 +23,3 @@ if "rrm_fast.kernels" not in _sys.modules and _ilu.find_spec("rrm_fast.kernels")
 
 from .ops import feature_matching_loss  # noqa: E402,F401
 from .losses import RRMLoss  # noqa: E402,F401
-from .losses import RRMLoss  # noqa: E402,F401
