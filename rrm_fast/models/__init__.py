@@ -28,7 +28,11 @@ def create_model(arch: str, num_classes: int = 10, in_channels: int = 1, mean=(0
     mean, std = tuple(mean), tuple(std)
     if len(mean) != in_channels:  # a single-channel stat given for an RGB model, or vice versa
         mean, std = (mean[0],) * in_channels, (std[0],) * in_channels
-    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, image_size=image_size)
+    model = ARCHS[arch](num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, image_size=image_size)
+    # what it takes to rebuild this model from a checkpoint (see rrm_fast.checkpoint)
+    model.spec = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "mean": list(mean),
+                  "std": list(std), "image_size": image_size}
+    return model
 
 
 def attach_projection(student, teacher_dim: int) -> bool:

@@ -1,0 +1,21 @@
+"""One-line errors for the command-line tools.
+
+Anything the user can fix (bad data, bad flags, bad checkpoints) raises ValueError (or a
+subclass: DatasetError, CheckpointError); the CLIs print it as one line on stderr and exit 2,
+without a traceback. Set RRM_FAST_TRACEBACK=1 to see the full stack.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def run_cli(fn) -> int:
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("RRM_FAST_TRACEBACK"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
