@@ -6,8 +6,11 @@ import logging
 import torch
 
 from .arrays import ArrayDataset
+from .dali_loader import DaliLoader, dali_available
 from .device_loader import DeviceLoader
 from .errors import DatasetError
+from .imagefolder import FolderDataset
+from .torch_loader import TorchLoader
 
 LOADER_KINDS = ("auto", "device", "torch", "dali")
 log = logging.getLogger("rrm_fast")
@@ -29,9 +32,12 @@ def fits_on_device(ds: ArrayDataset, device: torch.device) -> bool:
 
 
 def pick_kind(ds, device: torch.device) -> str:
+    """device for in-memory data that fits; dali for folders when installed; torch otherwise."""
     if isinstance(ds, ArrayDataset):
         return "device" if fits_on_device(ds, device) else "torch"
-    raise DatasetError(f"no loader for a {type(ds).__name__}; pass an ArrayDataset")
+    if isinstance(ds, FolderDataset):
+        return "dali" if dali_available() else "torch"
+    raise DatasetError(f"no loader for a {type(ds).__name__}; pass an ArrayDataset or FolderDataset from load_dataset")
 
 
 def make_loader(kind: str, ds, batch_size: int, *, train: bool, device: str | torch.device = "cpu", seed: int = 0,
@@ -42,6 +48,8 @@ def make_loader(kind: str, ds, batch_size: int, *, train: bool, device: str | to
     kind: "device" (dataset resident on the device, batched augmentation), "torch" (DataLoader
     with workers), "dali" (NVIDIA DALI pipeline) or "auto". All kinds share the epoch
     semantics of sampling.py: ``set_epoch``, ``set_start_batch``, ``len`` = batches per epoch.
+    ``num_workers``: worker processes (torch) or threads (dali); None = cores - 1, at most 8.
+    The device loader has no workers and ignores it.
     """
     if kind not in LOADER_KINDS:
         raise DatasetError(f"unknown loader {kind!r}; use one of {', '.join(LOADER_KINDS)}")
@@ -55,4 +63,6 @@ def make_loader(kind: str, ds, batch_size: int, *, train: bool, device: str | to
         if not isinstance(ds, ArrayDataset):
             raise DatasetError(f"the device loader needs an in-memory ArrayDataset, got {type(ds).__name__}; use --loader torch or dali")
         return DeviceLoader(ds, batch_size, **common)
-    raise DatasetError(f"loader {kind!r} is not available yet in this build; use --loader device")
+    if kind == "torch":
+        return TorchLoader(ds, batch_size, num_workers=num_workers, **common)
+    return DaliLoader(ds, batch_size, num_workers=num_workers, **common)

@@ -115,3 +115,10 @@ def check_loader_args(n: int, batch_size: int, *, train: bool, drop_last: bool, 
             "lower the batch size or pass drop_last=False"
         )
     return batches
+
+
+def sample_seeds(m: int, *, seed: int, epoch: int, rank: int) -> torch.Tensor:
+    """One 62-bit seed per position of a rank's epoch, for per-image augmentation whose
+    parameters depend on the decoded image size (random-resized crop of folder images)."""
+    gen = torch.Generator().manual_seed(derive_seed("image-augment", seed, epoch, rank))
+    return torch.randint(0, 1 << 62, (m,), generator=gen)
