@@ -160,6 +160,9 @@ def make_variant(name: str, kind: str):
     if name == "eager":
         loss_fn = feature_matching_loss_ref
     elif name == "compiled":
+        # One static graph per (shape, kind, dtype): more than dynamo's default 8 recompiles,
+        # after which it would silently run the function eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         loss_fn = torch.compile(feature_matching_loss_ref, fullgraph=True, dynamic=False)
     elif name == "fused":
         loss_fn = rrm_fast.feature_matching_loss
@@ -211,7 +214,8 @@ def format_report(rows: list[dict], device: torch.device, seconds_total: float) 
         "",
         f"- device: {device.type}: {describe_device(device)}",
         f"- torch {torch.__version__}, python {platform.python_version()}, "
-        f"date {datetime.date.today().isoformat()}, whole run {seconds_total:.0f} s",
+        f"date {datetime.date.today().isoformat()}, whole run {seconds_total:.0f} s"
+        + (f", load average at the end {os.getloadavg()[0]:.1f} (other processes share these cores)" if device.type == "cpu" else ""),
         f"- `fused` ran the **{fused_backend}** backend"
         + (" (Triton needs a GPU, so on this CPU `fused` is the same reference code as `eager`:"
            " its ratio shows dispatch overhead and noise, not a kernel speed-up)" if fused_backend == "reference" else ""),
@@ -228,7 +232,7 @@ def format_report(rows: list[dict], device: torch.device, seconds_total: float) 
         peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
         ratio = "n/a" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}"
         lines.append(f"| {r['kind']} | {r['B']} | {r['D']} | {r['dtype']} | {r['variant']} | "
-                     f"{r['seconds'] * 1e3:.3f} | {ratio} | {r['gbps']:.1f} | {peak} |")
+                     f"{r['seconds'] * 1e3:.3f} | {ratio} | {r['gbps']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,6 +244,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--dims", default=",".join(map(str, FEATURE_DIMS)))
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--out", type=Path, help="also write the markdown report here")
     args = p.parse_args(argv)
     for dt in args.dtypes.split(","):
@@ -251,6 +256,8 @@ def parse_args(argv=None):
 def main(argv=None) -> str:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda given but torch sees no GPU; run with --device cpu")
     t0 = time.perf_counter()
