@@ -22,6 +22,9 @@ MAX_BLOCK_D = 4096
 # Elements per (rows x D-chunk) tile. Small D packs several rows into one program so that each
 # program still issues wide loads; large D gets one or two rows per program.
 TILE_ELEMS = 4096
+# Triton's interpreter runs programs one after another, each as numpy calls, so its cost is per
+# program: under TRITON_INTERPRET=1 the tiles are 16x larger (same kernel code, fewer programs).
+TILE_ELEMS_INTERPRETED = 1 << 16
 
 
 # Per row, with s, t the student/teacher rows (accumulated in fp32, or fp64 for fp64 inputs):
@@ -211,7 +214,8 @@ def launch_config(B: int, D: int) -> tuple[int, int, bool, int]:
     """
     block_d = min(triton.next_power_of_2(max(D, 1)), MAX_BLOCK_D)
     block_d = max(block_d, 16)
-    block_b = max(1, min(triton.next_power_of_2(B), TILE_ELEMS // block_d))
+    tile = TILE_ELEMS_INTERPRETED if INTERPRETED else TILE_ELEMS
+    block_b = max(1, min(triton.next_power_of_2(B), tile // block_d))
     one_chunk = D <= block_d
     num_warps = 4 if block_b * block_d <= 2048 else 8
     return block_b, block_d, one_chunk, num_warps
@@ -264,7 +268,8 @@ def scale_rows(grad_rows_loss: torch.Tensor, grad_out: torch.Tensor) -> torch.Te
     B, D = grad_rows_loss.shape
     out = torch.empty_like(grad_rows_loss, memory_format=torch.contiguous_format)
     block_d = max(16, min(triton.next_power_of_2(D), 1024))
-    block_b = max(1, min(triton.next_power_of_2(B), TILE_ELEMS // block_d))
+    tile = TILE_ELEMS_INTERPRETED if INTERPRETED else TILE_ELEMS
+    block_b = max(1, min(triton.next_power_of_2(B), tile // block_d))
     grid = (triton.cdiv(B, block_b), triton.cdiv(D, block_d))
     _scale_rows_kernel[grid](
         grad_rows_loss, grad_out, out,
