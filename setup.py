@@ -90,7 +90,12 @@ def extension_modules(env=os.environ):
     # -fopenmp makes at::parallel_for parallel (it is a header template over OpenMP in
     # torch's CPU builds; the libgomp torch ships is the one that gets used).
     # -fno-math-errno turns sqrtf into one instruction; results are unchanged.
-    cxx_flags = ["-O3", "-g0", "-DNDEBUG", "-fno-math-errno", "-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]
+    # -ffp-contract=off keeps a*b + c as two roundings, as in the PyTorch reference (one
+    # kernel per op), so the kernels match it bit for bit where the math allows.
+    cxx_flags = [
+        "-O3", "-g0", "-DNDEBUG", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd",
+        "-Wall", "-Wno-unknown-pragmas",
+    ]
     link_flags = []
     if linux:
         cxx_flags.append("-fopenmp")
@@ -112,8 +117,12 @@ def extension_modules(env=os.environ):
                 "rrm_fast._C_cuda",
                 CUDA_SOURCES,
                 include_dirs=[CSRC],
-                # No --use_fast_math: the kernels must round sqrt and division like the reference.
-                extra_compile_args={"cxx": ["-O3", "-g0", "-DNDEBUG"], "nvcc": ["-O3", "-DNDEBUG", "-lineinfo"]},
+                # No --use_fast_math: sqrt and division round like the reference; --fmad=false
+                # for the same reason as -ffp-contract=off above.
+                extra_compile_args={
+                    "cxx": ["-O3", "-g0", "-DNDEBUG"],
+                    "nvcc": ["-O3", "-DNDEBUG", "-lineinfo", "--fmad=false"],
+                },
             )
         )
     return extensions, {"build_ext": BuildExtension}

@@ -7,7 +7,7 @@
 //
 // The semantics are those of rrm_fast/ops/pgd_reference.py, including its operation
 // order (clamp to the eps ball with min-then-max, box clip with max-then-min) and its
-// NaN behaviour (torch.sign(NaN) = NaN, torch.minimum/maximum propagate NaN).
+// NaN behaviour (torch.sign(NaN) = 0; torch.minimum/maximum/clamp propagate NaN).
 #pragma once
 
 #include <stdint.h>
@@ -93,8 +93,8 @@ struct GradStorage<kGradBFloat16> {
   static RRM_HD float to_float(uint16_t v) { return bfloat16_bits_to_float(v); }
 };
 
-// torch.sign: -1, 0 (keeping the sign of zero, which adds nothing), +1; NaN stays NaN.
-RRM_HD float sign(float g) { return g > 0.f ? 1.f : (g < 0.f ? -1.f : g); }
+// torch.sign: -1, 0, +1, and 0 for NaN (torch computes (0 < g) - (g < 0)).
+RRM_HD float sign(float g) { return g > 0.f ? 1.f : (g < 0.f ? -1.f : 0.f); }
 
 // torch.minimum / torch.maximum against a bound: a NaN value propagates.
 RRM_HD float min_nan(float v, float bound) { return v > bound ? bound : v; }
@@ -137,7 +137,10 @@ RRM_HD float l2_projection_scale(float delta_sq_sum, float eps) {
   return norm > eps ? eps / norm : 1.f;
 }
 
-RRM_HD float l2_stepped(float delta, float g, float step_scale) { return delta + step_scale * g; }
+// A zero scale means "no step" (also for NaN entries of g, as the reference's where()).
+RRM_HD float l2_stepped(float delta, float g, float step_scale) {
+  return step_scale != 0.f ? delta + step_scale * g : delta;
+}
 
 // Final L2 write: step, project, box clip.
 RRM_HD float l2_step(float delta, float g, float x, float step_scale, float projection, float lo, float hi) {
