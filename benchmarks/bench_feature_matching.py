@@ -13,8 +13,7 @@ teacher is frozen, as in RRM, so T needs no gradient). Variants, all in the same
 Reported: median time over the timed repetitions (after warm-up, synchronised), the ratio to
 eager (eager time / variant time, > 1 is faster), achieved GB/s against the bytes the op must
 move (read S and T, write dS: B*D*(size(S) + size(T) + size(S))), and peak memory above what
-was live before the call (CUDA: max_memory_allocated; CPU: peak RSS growth with glibc told to
-mmap every block >= 64 KiB, so freed tensors leave RSS at once).
+was live before the call (CUDA: max_memory_allocated; CPU: peak RSS growth, see CpuPeakMemory).
 """
 from __future__ import annotations
 
@@ -65,31 +64,51 @@ def describe_device(device: torch.device) -> str:
 
 
 class CpuPeakMemory:
-    """Peak resident-memory growth of this process during a block (Linux), in bytes."""
+    """Peak resident-memory growth of this process while it runs a function (Linux + glibc).
+
+    glibc keeps freed blocks resident in its heap, so RSS alone would hide how much memory an
+    op needs. While measuring, blocks >= 64 KiB are mmapped (released on free) and free heap
+    memory is returned first; while timing, glibc is left as a long-running process settles
+    (big mmap/trim thresholds), because mmapping every intermediate makes eager PyTorch page-
+    fault on each one and would slow it ~10x.
+    """
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    TIMING_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic mmap threshold on 64-bit
+    MEASURE_THRESHOLD = 64 * 2**10
 
     def __init__(self):
-        self.available = sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)
-        if self.available:
-            # glibc would otherwise keep freed blocks resident in its heap and raise its mmap
-            # threshold dynamically, hiding how much memory the op really needed.
-            M_MMAP_THRESHOLD = -3
+        self.libc = None
+        if sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK):
             try:
-                ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+                self.libc = ctypes.CDLL("libc.so.6")
             except OSError:
-                self.available = False
+                pass
+        self.available = self.libc is not None
+        if self.available:
+            self._timing_mode()
+
+    def _timing_mode(self) -> None:
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, self.TIMING_THRESHOLD)
+        self.libc.mallopt(self.M_TRIM_THRESHOLD, 2 * self.TIMING_THRESHOLD)
 
     @staticmethod
     def _status_bytes(field: str) -> int:
         with open("/proc/self/status") as f:
             return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1)) * 1024
 
-    def start(self) -> None:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        self.base = self._status_bytes("VmRSS")
-
-    def peak(self) -> int:
-        return self._status_bytes("VmHWM") - self.base
+    def measure(self, fn) -> int:
+        self.libc.mallopt(self.M_MMAP_THRESHOLD, self.MEASURE_THRESHOLD)
+        self.libc.mallopt(self.M_TRIM_THRESHOLD, 0)
+        self.libc.malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+            base = self._status_bytes("VmRSS")
+            fn()
+            return self._status_bytes("VmHWM") - base
+        finally:
+            self._timing_mode()
 
 
 def peak_memory_bytes(fn, device: torch.device, cpu_meter: CpuPeakMemory) -> int | None:
@@ -102,9 +121,7 @@ def peak_memory_bytes(fn, device: torch.device, cpu_meter: CpuPeakMemory) -> int
         return torch.cuda.max_memory_allocated(device) - base
     if not cpu_meter.available:
         return None
-    cpu_meter.start()
-    fn()
-    return cpu_meter.peak()
+    return cpu_meter.measure(fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +240,7 @@ def format_report(rows: list[dict], device: torch.device, seconds_total: float) 
         "- median of synchronised repetitions after 3 warm-up calls; `x eager` = eager median / variant median",
         "- GB/s against the bytes the op must move: read S and T, write dS",
         "- peak MiB: memory above what was live before the call (CUDA: max_memory_allocated;"
-        " CPU: peak RSS growth, glibc mmap threshold 64 KiB)",
+        " CPU: peak RSS growth while glibc mmaps every block >= 64 KiB; timed with glibc's mmap threshold at 32 MiB)",
         "",
         "| kind | B | D | dtype | variant | median ms | x eager | GB/s | peak MiB |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|",
