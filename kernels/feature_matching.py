@@ -80,7 +80,8 @@ def _feature_matching_fwd_kernel(
         acc_ss = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
         acc_tt = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
         acc_st = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
-        acc_dd = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+        if KIND == 1:
+            acc_dd = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
         for off in range(0, D, BLOCK_D):
             c = off + cols
             mask = row_mask[:, None] & (c[None, :] < D)
@@ -148,7 +149,8 @@ def _feature_matching_fwd_kernel(
                 tl.store(dt_rows + cols[None, :], dt.to(DT.dtype.element_ty), mask=mask)
         else:
             # Second loop re-reads the row; it was just read in pass 1 and is served from cache.
-            acc_uu = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+            if KIND == 2:
+                acc_uu = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
             for off in range(0, D, BLOCK_D):
                 c = off + cols
                 mask = row_mask[:, None] & (c[None, :] < D)
