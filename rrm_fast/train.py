@@ -117,8 +117,11 @@ def load_or_build_teacher(cfg: TrainConfig, ds_train, device, progress=True):
         return None, None
     cached_report = None
     if spec in ARCHS:
+        # options both methods declare reach the teacher too (crt + gaussian_aug share --sigma)
+        t_opts = METHODS[cfg.teacher_method].options if cfg.teacher_method in METHODS else {}
         tcfg = dataclasses.replace(cfg, method=cfg.teacher_method, student=spec, epochs=cfg.teacher_epochs,
-                                   teacher=None, head_init="random", method_options={}, out=None)
+                                   teacher=None, head_init="random", out=None,
+                                   method_options={k: v for k, v in cfg.method_options.items() if k in t_opts})
         key = config_hash(tcfg, TEACHER_KEYS)
         ckpt = cache_dir() / "teachers" / key / "final.safetensors"
         if ckpt.exists():
