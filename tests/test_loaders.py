@@ -39,11 +39,11 @@ def decode(x: torch.Tensor) -> torch.Tensor:
     return c[:, 0] + 256 * c[:, 1]
 
 
-def position_coded(n: int = 2000, hw: int = 12, pad: int = 4) -> ArrayDataset:
+def position_coded(n: int = 2000, hw: int = 12, pad: int = 4, flip: bool = True) -> ArrayDataset:
     """Every image is the same ramp: pixel (r, c) = 1 + r*hw + c, so a crop reveals its offset."""
     ramp = (1 + torch.arange(hw * hw)).view(1, 1, hw, hw).to(torch.uint8)
     return ArrayDataset("position_coded", ramp.expand(n, 1, hw, hw).contiguous(), torch.arange(n) % 10, 10,
-                        (0.5,), (0.25,), pad=pad, flip=True)
+                        (0.5,), (0.25,), pad=pad, flip=flip)
 
 
 def collect(loader):
@@ -76,9 +76,10 @@ def test_every_sample_once_with_its_label(kind, train):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_crop_offsets_within_padding_and_flip_rate(kind):
-    hw, pad = 12, 4
-    ds = position_coded(hw=hw, pad=pad)
+@pytest.mark.parametrize("pad,flip", [(4, True), (3, False), (0, True)])
+def test_crop_offsets_within_padding_and_flip_rate(kind, pad, flip):
+    hw = 12
+    ds = position_coded(hw=hw, pad=pad, flip=flip)
     loader = make_loader(kind, ds, 500, train=True, seed=0)
     x = torch.cat([b[0] for b in collect(loader)])
     v = (x[:, 0] * 255).round().long()  # (N, hw, hw); 0 where the crop reaches into the padding
@@ -103,10 +104,14 @@ def test_crop_offsets_within_padding_and_flip_rate(kind):
         offsets.append((oy, ox))
         flips.append(flipped)
     rate = sum(flips) / len(flips)
-    assert 0.45 < rate < 0.55, f"flip rate {rate}"
-    ys = torch.tensor([o[0] for o in offsets])
-    assert sorted(ys.unique().tolist()) == list(range(2 * pad + 1))  # every offset occurs
-    assert ys.bincount().min() > len(ys) / (2 * pad + 1) / 2  # roughly uniform
+    if flip:
+        assert 0.45 < rate < 0.55, f"flip rate {rate}"
+    else:
+        assert rate == 0
+    for axis in (0, 1):
+        offs = torch.tensor([o[axis] for o in offsets])
+        assert sorted(offs.unique().tolist()) == list(range(2 * pad + 1))  # every offset occurs
+        assert offs.bincount().min() > len(offs) / (2 * pad + 1) / 2  # roughly uniform
 
 
 @pytest.mark.parametrize("kind", KINDS)

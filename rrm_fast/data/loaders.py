@@ -24,7 +24,8 @@ def fits_on_device(ds: ArrayDataset, device: torch.device) -> bool:
     if device.type == "cpu":
         return True
     n, c, h, w = ds.images.shape
-    padded_bytes = n * c * (h + 2 * ds.pad) * (w + 2 * ds.pad)
+    # the device loader's store: zero-padded, plus a mirrored copy when flipping
+    padded_bytes = n * c * (h + 2 * ds.pad) * (w + 2 * ds.pad) * (2 if ds.flip else 1)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return padded_bytes <= _DEVICE_MEMORY_FRACTION * free
