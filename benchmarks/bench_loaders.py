@@ -190,8 +190,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4, help="training steps per starvation block")
     ap.add_argument("--repeats", type=int, default=10, help="interleaved (staged, loader-fed) block pairs")
     ap.add_argument("--jpegs", type=int, default=192)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     kinds = ["device", "torch"] + (["dali"] if dali_available() else [])
     load_start = os.getloadavg()
