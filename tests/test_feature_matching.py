@@ -380,7 +380,7 @@ def compile_fwd_for_sm90(B, D, dtype: str, kind: str, write_dt: bool):
     div16 = ["S", "T", "LOSS", "DS", "DT"] + ([] if D % 16 else ["D", "stride_sb", "stride_tb", "stride_dsb", "stride_dtb"])
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in div16}
     src = ASTSource(kernel, sig, constexprs={(names.index(n),): v for n, v in consts.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "enable_fp_fusion": K.FP_FUSION})
 
 
 @pytest.mark.parametrize("kind", KINDS)
