@@ -1,5 +1,8 @@
 """Attacks, torchattacks-shaped: ``Attack(model, eps=..., alpha=..., steps=...)(x, y) -> x_adv``."""
+from .apgd import APGD, APGDT, dlr_loss, dlr_targeted_loss
 from .base import Attack, canonical_norm, ce_per_sample
 from .pgd import FGSM, PGD
+from .square import Square, margin_loss
 
-__all__ = ["Attack", "PGD", "FGSM", "canonical_norm", "ce_per_sample"]
+__all__ = ["Attack", "PGD", "FGSM", "APGD", "APGDT", "Square", "canonical_norm", "ce_per_sample", "dlr_loss",
+           "dlr_targeted_loss", "margin_loss"]
