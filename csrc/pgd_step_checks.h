@@ -112,4 +112,44 @@ inline PgdLayout batch_layout(const char* op, const at::Tensor& delta, bool per_
   return PgdLayout{samples, sample_size, pixels, channels, 1};
 }
 
+// ---------------------------------------------------------------------------------------
+// All checks of one op (the CPU, CUDA and Meta kernels start with these)
+// ---------------------------------------------------------------------------------------
+
+// Returns the math::GradKind of grad.
+inline int check_linf_step(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                           const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& channel_params) {
+  const char* op = "linf_step_";
+  check_batch(op, delta, x);
+  const int kind = grad_kind(op, delta, grad);
+  check_mask(op, delta, mask);
+  check_channel_params(op, delta, channel_params, kLinfStepParams, "(eps, alpha, lo, hi)");
+  return kind;
+}
+
+inline int check_l2_step(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
+                         const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& channel_box) {
+  const char* op = "l2_step_";
+  check_batch(op, delta, x);
+  const int kind = grad_kind(op, delta, grad);
+  check_mask(op, delta, mask);
+  check_channel_params(op, delta, channel_box, kBoxParams, "(lo, hi)");
+  return kind;
+}
+
+inline void check_linf_init(const at::Tensor& delta, const at::Tensor& x,
+                            const std::optional<at::Tensor>& channel_params) {
+  const char* op = "linf_init_from_uniform_";
+  check_batch(op, delta, x);
+  check_channel_params(op, delta, channel_params, kLinfInitParams, "(eps, lo, hi)");
+}
+
+inline void check_l2_init(const at::Tensor& delta, const at::Tensor& x, const at::Tensor& radius,
+                          const std::optional<at::Tensor>& channel_box) {
+  const char* op = "l2_init_from_normal_";
+  check_batch(op, delta, x);
+  check_radius(op, delta, radius);
+  check_channel_params(op, delta, channel_box, kBoxParams, "(lo, hi)");
+}
+
 }  // namespace rrm_fast

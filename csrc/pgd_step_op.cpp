@@ -82,34 +82,20 @@ void check_cpu(const char* op, const at::Tensor& delta) {
 }
 
 // ----------------------------------------------------------------------------------
-// Ops: argument checks (shared by CPU and Meta), then the CPU kernels
+// Ops: Meta kernels (the argument checks alone) and CPU kernels
 // ----------------------------------------------------------------------------------
-
-constexpr const char* kLinfStepRows = "(eps, alpha, lo, hi)";
-constexpr const char* kLinfInitRows = "(eps, lo, hi)";
-constexpr const char* kBoxRows = "(lo, hi)";
-
-int check_step(const char* op, const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
-               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& params, int64_t rows,
-               const char* row_names) {
-  check_batch(op, delta, x);
-  const int kind = grad_kind(op, delta, grad);
-  check_mask(op, delta, mask);
-  check_channel_params(op, delta, params, rows, row_names);
-  return kind;
-}
 
 void linf_step_meta(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
                     const std::optional<at::Tensor>& mask, double, double, double, double,
                     const std::optional<at::Tensor>& channel_params) {
-  check_step("linf_step_", delta, grad, x, mask, channel_params, kLinfStepParams, kLinfStepRows);
+  check_linf_step(delta, grad, x, mask, channel_params);
 }
 
 void linf_step_cpu(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
                    const std::optional<at::Tensor>& mask, double eps, double alpha, double lo, double hi,
                    const std::optional<at::Tensor>& channel_params) {
   const char* op = "linf_step_";
-  const int kind = check_step(op, delta, grad, x, mask, channel_params, kLinfStepParams, kLinfStepRows);
+  const int kind = check_linf_step(delta, grad, x, mask, channel_params);
   check_cpu(op, delta);
   if (delta.numel() == 0) return;
   at::assert_no_overlap(delta, x);
@@ -128,14 +114,14 @@ void linf_step_cpu(const at::Tensor& delta, const at::Tensor& grad, const at::Te
 void l2_step_meta(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
                   const std::optional<at::Tensor>& mask, double, double, double, double,
                   const std::optional<at::Tensor>& channel_box) {
-  check_step("l2_step_", delta, grad, x, mask, channel_box, kBoxParams, kBoxRows);
+  check_l2_step(delta, grad, x, mask, channel_box);
 }
 
 void l2_step_cpu(const at::Tensor& delta, const at::Tensor& grad, const at::Tensor& x,
                  const std::optional<at::Tensor>& mask, double eps, double alpha, double lo, double hi,
                  const std::optional<at::Tensor>& channel_box) {
   const char* op = "l2_step_";
-  const int kind = check_step(op, delta, grad, x, mask, channel_box, kBoxParams, kBoxRows);
+  const int kind = check_l2_step(delta, grad, x, mask, channel_box);
   check_cpu(op, delta);
   if (delta.numel() == 0) return;
   // A sample's grad is read in all three passes, the last of which writes delta: memory
@@ -156,21 +142,15 @@ void l2_step_cpu(const at::Tensor& delta, const at::Tensor& grad, const at::Tens
   });
 }
 
-void check_linf_init(const char* op, const at::Tensor& delta, const at::Tensor& x,
-                     const std::optional<at::Tensor>& channel_params) {
-  check_batch(op, delta, x);
-  check_channel_params(op, delta, channel_params, kLinfInitParams, kLinfInitRows);
-}
-
 void linf_init_meta(const at::Tensor& delta, const at::Tensor& x, double, double, double,
                     const std::optional<at::Tensor>& channel_params) {
-  check_linf_init("linf_init_from_uniform_", delta, x, channel_params);
+  check_linf_init(delta, x, channel_params);
 }
 
 void linf_init_cpu(const at::Tensor& delta, const at::Tensor& x, double eps, double lo, double hi,
                    const std::optional<at::Tensor>& channel_params) {
   const char* op = "linf_init_from_uniform_";
-  check_linf_init(op, delta, x, channel_params);
+  check_linf_init(delta, x, channel_params);
   check_cpu(op, delta);
   if (delta.numel() == 0) return;
   at::assert_no_overlap(delta, x);
@@ -184,22 +164,15 @@ void linf_init_cpu(const at::Tensor& delta, const at::Tensor& x, double eps, dou
                    [&](int64_t begin, int64_t end) { kernel(d, xp, layout, params, begin, end); });
 }
 
-void check_l2_init(const char* op, const at::Tensor& delta, const at::Tensor& x, const at::Tensor& radius,
-                   const std::optional<at::Tensor>& channel_box) {
-  check_batch(op, delta, x);
-  check_radius(op, delta, radius);
-  check_channel_params(op, delta, channel_box, kBoxParams, kBoxRows);
-}
-
 void l2_init_meta(const at::Tensor& delta, const at::Tensor& x, const at::Tensor& radius, double, double, double,
                   const std::optional<at::Tensor>& channel_box) {
-  check_l2_init("l2_init_from_normal_", delta, x, radius, channel_box);
+  check_l2_init(delta, x, radius, channel_box);
 }
 
 void l2_init_cpu(const at::Tensor& delta, const at::Tensor& x, const at::Tensor& radius, double eps, double lo,
                  double hi, const std::optional<at::Tensor>& channel_box) {
   const char* op = "l2_init_from_normal_";
-  check_l2_init(op, delta, x, radius, channel_box);
+  check_l2_init(delta, x, radius, channel_box);
   check_cpu(op, delta);
   if (delta.numel() == 0) return;
   at::assert_no_overlap(delta, x);
