@@ -174,11 +174,14 @@ class DaliLoader:
         return self._batches(self.plan(), start)
 
     def _to_torch(self, tensor_list, dtype=torch.float32) -> torch.Tensor:
+        """A DALI output batch as a torch tensor on self.device (GPU outputs copied device to device)."""
+        from nvidia.dali.tensors import TensorListCPU
         dense = tensor_list.as_tensor()
-        if self.device_id is None:
-            return torch.from_numpy(np.array(dense)).to(dtype)
+        if isinstance(tensor_list, TensorListCPU):  # CPU pipelines, and the reader's labels on GPU ones
+            return torch.from_numpy(np.array(dense)).to(device=self.device, dtype=dtype)
         from nvidia.dali.plugin.pytorch import feed_ndarray
-        out = torch.empty(dense.shape(), dtype=dtype if dtype == torch.float32 else torch.int32, device=self.device)
+        native = torch.float32 if dtype == torch.float32 else torch.int32  # DALI's float images / int32 labels
+        out = torch.empty(dense.shape(), dtype=native, device=self.device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out.to(dtype)
 

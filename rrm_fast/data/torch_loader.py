@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .arrays import ArrayDataset
-from .device_loader import to_float_batch
+from .device_loader import single_intraop_thread, to_float_batch
 from .errors import DatasetError
 from .imagefolder import FolderDataset
 from .pil_transforms import eval_image, train_image
@@ -158,4 +158,6 @@ class TorchLoader:
                 raise _one_line(exc) from None
             images = images.to(self.device, non_blocking=non_blocking)
             labels = torch.as_tensor(labels).to(self.device, non_blocking=non_blocking)
-            yield to_float_batch(images, self.channels_last), labels
+            with single_intraop_thread(self.device.type == "cpu"):  # same conversion cost as the device loader
+                x = to_float_batch(images, self.channels_last)
+            yield x, labels
