@@ -326,7 +326,7 @@ def test_cli_rejects_an_option_of_another_method(capsys):
 
 # --------------------------------------------------------------------------- end to end on real Fashion-MNIST
 # two minibatches per epoch and two-step attacks: the point is that every piece runs on real data
-SMALL = dict(student="cnn_small", epochs=1, train_size=192, test_size=128, monitor_size=64, monitor_steps=2,
+SMALL = dict(student="cnn_small", epochs=1, train_size=192, test_size=64, monitor_size=64, monitor_steps=2,
              eval_steps=2, attack_steps=2, batch_size=96, teacher_epochs=1)
 
 
@@ -343,11 +343,12 @@ def cache(tmp_path_factory):
         os.environ["RRM_FAST_CACHE"] = old
 
 
-@pytest.mark.parametrize("name", ["kd", "ard", "rslad", "kdiga", "trades", "gaussian_aug"])
+# gaussian_aug trains end to end as the CRT chain's teacher below
+@pytest.mark.parametrize("name", ["kd", "ard", "rslad", "kdiga", "trades"])
 def test_each_peer_method_trains_end_to_end(name, cache, tmp_path):
     teacher = "cnn_small" if METHODS[name].needs_teacher else None
     rep = train_run(TrainConfig(method=name, teacher=teacher, out=str(tmp_path), **SMALL), progress=False)
-    assert rep["method"] == name and rep["test"]["n"] == 128
+    assert rep["method"] == name and rep["test"]["n"] == SMALL["test_size"]
     assert 0 <= rep["test"]["robust_acc"] <= rep["test"]["clean_acc"] <= 1
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["loss"]) and row["images_per_second"] > 0
@@ -366,4 +367,45 @@ def test_crt_chain_from_the_cli_with_a_gaussian_teacher(cache, tmp_path):
     teacher_cfg = json.loads(open(os.path.join(teacher_dir, "config.json")).read())
     # the teacher was trained by gaussian_aug with the student's sigma (--sigma reaches both)
     assert teacher_cfg["method"] == "gaussian_aug" and teacher_cfg["method_options"] == {"sigma": 0.5}
-    assert rep["method"] == "crt" and rep["test"]["n"] == 128
+    assert rep["method"] == "crt" and rep["test"]["n"] == SMALL["test_size"]
+    assert rep["teacher"] == "cnn_small"
+
+
+def test_compare_command_writes_the_table_and_resumes(cache, tmp_path, capsys):
+    from rrm_fast.bench import compare
+    argv = ["--methods", "kd", "--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs"),
+            "--attack-steps", "2", "--batch-size", "96", "--monitor-steps", "2"]
+    for k in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
+        argv += ["--" + k.replace("_", "-"), str(SMALL[k])]
+    assert compare.main(argv) == 0
+    res = json.loads((tmp_path / "res" / "method_comparison_fmnist.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["kd"]
+    kd_report = json.loads((tmp_path / "runs" / "kd" / "report.json").read_text())
+    assert res["rows"][0]["robust_acc"] == kd_report["test"]["robust_acc"]
+    assert res["rows"][0]["teacher"] == "fast_at cnn_small"
+    assert [t["method"] for t in res["teachers"]] == ["fast_at"]
+    assert res["settings"]["train_size"] == SMALL["train_size"] and res["command"].startswith("python -m rrm_fast.bench.compare")
+    md = (tmp_path / "res" / "method_comparison_fmnist.md").read_text()
+    assert f"| kd | fast_at cnn_small | {100 * kd_report['test']['clean_acc']:.2f} |" in md
+    capsys.readouterr()
+    # a second call with the same settings reuses the finished runs instead of training again
+    assert compare.main(argv) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 1
+    assert json.loads((tmp_path / "res" / "method_comparison_fmnist.json").read_text())["rows"] == res["rows"]
+
+
+def test_compare_rejects_unknown_methods(capsys):
+    from rrm_fast.bench import compare
+    assert compare.main(["--methods", "natural,bogus", "--out", "/nonexistent"]) == 2
+    assert "unknown ['bogus']" in capsys.readouterr().err
+
+
+def test_docs_method_table_lists_every_method_with_its_flags_and_defaults():
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "methods.md")).read()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines()
+            if line.startswith("| `") and not line.startswith("| `--method`")}
+    assert set(rows) == set(METHODS), set(rows) ^ set(METHODS)
+    for name, cls in METHODS.items():
+        for key, opt in cls.options.items():
+            shown = f"{opt.default:g}" if isinstance(opt.default, (int, float)) else str(opt.default)
+            assert f"`--{key.replace('_', '-')}` ({shown}" in rows[name], (name, key, shown)

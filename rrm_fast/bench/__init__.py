@@ -1,0 +1,1 @@
+"""Benchmarks and comparisons run from the package (python -m rrm_fast.bench.compare)."""

@@ -1,0 +1,224 @@
+"""Every training method on one task: same teacher, same student architecture, same epochs.
+
+    python -m rrm_fast.bench.compare --out benchmarks/results            # the recorded comparison
+    python -m rrm_fast.bench.compare --quick --out /tmp/cmp               # a smoke run in a few minutes
+
+Each method is one ``train_run`` with the settings below (methods with a teacher share the one
+cached, architecture-named teacher); the table reports clean and PGD-k accuracy on the same
+test images, the training time (epochs only: no teacher, no monitoring, no final evaluation)
+and the whole run's wall time. The CRT chain (a Gaussian-augmentation teacher, then a CRT
+student with the same sigma) is an extra row: CRT's goal is certified L2 robustness of the
+smoothed model, so its PGD figure is only the base classifier's.
+
+Writes OUT/method_comparison_<dataset>.json and .md, and each run under --runs-dir (default
+runs/compare; a run whose report.json was written with the same settings is reused, so an
+interrupted comparison resumes where it stopped).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write_json
+from ..errors import run_cli
+from ..methods import METHODS
+from ..train import TrainConfig, train_run
+
+METHOD_ORDER = ("natural", "pgd_at", "fast_at", "free_at", "rrm", "rslad", "kdiga", "ard", "kd", "trades", "crt")
+CRT_CHAIN = "crt_chain"  # crt with a gaussian_aug teacher (the paper's setting)
+
+FULL = dict(train_size=10000, test_size=2000, monitor_size=500, epochs=2, teacher_epochs=4, eval_steps=20)
+QUICK = dict(train_size=1000, test_size=200, monitor_size=100, epochs=1, teacher_epochs=1, eval_steps=5)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m rrm_fast.bench.compare", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="directory for the results files (JSON + Markdown)")
+    p.add_argument("--runs-dir", default="runs/compare", help="where each method's run directory goes")
+    p.add_argument("--quick", action="store_true", help=f"small smoke budget {QUICK} instead of {FULL}")
+    p.add_argument("--methods", default=",".join(METHOD_ORDER + (CRT_CHAIN,)),
+                   help=f"comma-separated methods (default all: {', '.join(METHOD_ORDER)}, {CRT_CHAIN})")
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--student", default="cnn_small", help="the one student architecture every method trains")
+    p.add_argument("--teacher", default="cnn_small", help="architecture of the shared teacher")
+    p.add_argument("--teacher-method", default="fast_at", help="how the shared teacher is trained")
+    p.add_argument("--head-init", default="random", choices=["random", "teacher"],
+                   help="applied to every method with a teacher (default random: each method as published)")
+    for key in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
+    p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--monitor-steps", type=int, default=10, help="PGD steps of the per-epoch held-out check")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--sigma", type=float, default=0.25, help="noise of the CRT chain's teacher and student")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="progress bars for each run")
+    return p
+
+
+def method_configs(args) -> list[tuple[str, TrainConfig]]:
+    budget = QUICK if args.quick else FULL
+    size = {k: getattr(args, k) if getattr(args, k) is not None else budget[k] for k in budget}
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS and m != CRT_CHAIN]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS))}, {CRT_CHAIN}")
+    if not names:
+        raise ValueError("--methods is empty; name at least one method")
+    if args.teacher_method not in METHODS or METHODS[args.teacher_method].needs_teacher:
+        raise ValueError(f"--teacher-method {args.teacher_method!r} must be a method that trains without a teacher, "
+                         "e.g. fast_at, pgd_at, natural, gaussian_aug")
+    common = dict(student=args.student, dataset=args.dataset, eps=args.eps, attack_steps=args.attack_steps,
+                  batch_size=args.batch_size, monitor_steps=args.monitor_steps, seed=args.seed,
+                  teacher_method=args.teacher_method, **size)
+    out = []
+    for name in names:
+        if name == CRT_CHAIN:
+            cfg = TrainConfig(method="crt", teacher=args.teacher, head_init=args.head_init,
+                              method_options={"sigma": args.sigma}, **{**common, "teacher_method": "gaussian_aug"})
+        elif METHODS[name].needs_teacher:
+            opts = {"sigma": args.sigma} if name == "crt" else {}
+            cfg = TrainConfig(method=name, teacher=args.teacher, head_init=args.head_init, method_options=opts, **common)
+        else:
+            cfg = TrainConfig(method=name, **common)
+        cfg.out = str(Path(args.runs_dir) / name)
+        out.append((name, cfg))
+    return out
+
+
+def reusable_report(cfg: TrainConfig):
+    """The report of a finished run with exactly this config, else None."""
+    out = Path(cfg.out)
+    try:
+        old_cfg = json.loads((out / "config.json").read_text())
+        report = json.loads((out / "report.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return report if old_cfg == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
+
+
+def row_from(name, cfg, report, wall_seconds) -> dict:
+    test = report["test"]
+    return {"name": name, "method": cfg.method, "paper": METHODS[cfg.method].paper,
+            "teacher": f"{cfg.teacher_method} {cfg.teacher}" if cfg.teacher else None,
+            "method_options": cfg.method_options, "clean_acc": test["clean_acc"], "robust_acc": test["robust_acc"],
+            "attack": f"{test['attack']} x{test['restarts']} ({test['norm']} eps={test['eps']:g})",
+            "epochs_run": report["epochs_run"], "train_seconds": report["train_seconds"],
+            "images_per_second": report["images_per_second"], "wall_seconds": wall_seconds,
+            "stopped_early": report["stopped_early"], "device": report["device"], "precision": report["precision"],
+            "run_dir": str(Path(cfg.out))}
+
+
+def teacher_row(report_path, cfg) -> dict:
+    rep = json.loads(Path(report_path).read_text())
+    test = rep["test"]
+    return {"role": "teacher", "arch": rep["student"], "method": rep["method"], "epochs_run": rep["epochs_run"],
+            "clean_acc": test["clean_acc"], "robust_acc": test["robust_acc"], "train_seconds": rep["train_seconds"],
+            "checkpoint": rep["checkpoint"], "sigma": cfg.method_options.get("sigma") if rep["method"] == "gaussian_aug" else None}
+
+
+def render_markdown(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"# Method comparison on {s['dataset']}", "",
+             f"Produced by `{result['command']}` on {result['machine']['summary']}, "
+             f"{result['started']} to {result['finished']}.", "",
+             f"Student `{s['student']}` for every method, {s['epochs']} epoch(s) "
+             f"(Free AT: {s['epochs']} / replays, rounded, at least 1), {s['train_size']} training images "
+             f"(+{s['monitor_size']} held out for a per-epoch PGD-{s['monitor_steps']} check), batch {s['batch_size']}, SGD lr {s['lr']} "
+             f"momentum {s['momentum']} wd {s['weight_decay']}, schedule {s['schedule']} (cyclic for fast_at, else cosine). "
+             f"Threat model {s['norm']} eps = {s['eps']:g}, training attacks {s['attack_steps']} steps of "
+             f"{s['attack_step_size']:g}. Teachers: `{s['teacher']}` trained by `{s['teacher_method']}` for "
+             f"{s['teacher_epochs']} epochs (shared by every method with a teacher; the crt_chain row has its own "
+             f"`gaussian_aug` teacher, sigma = {s['sigma']:g}); student head init `{s['head_init']}`. "
+             f"Evaluation: clean and {result['rows'][0]['attack'] if result['rows'] else 'PGD'} accuracy on the first "
+             f"{s['test_size']} test images, model in eval mode, fp32. Each method uses its own defaults (docs/methods.md).",
+             "", "| method | teacher | clean % | PGD % | train s | img/s | wall s | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        notes = []
+        if r["method_options"]:
+            notes.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["method_options"].items()))
+        if r["epochs_run"] != s["epochs"]:
+            notes.append(f"{r['epochs_run']} epoch(s) run")
+        if r["stopped_early"]:
+            notes.append(r["stopped_early"])
+        lines.append(f"| {r['name']} | {r['teacher'] or '-'} | {100 * r['clean_acc']:.2f} | {100 * r['robust_acc']:.2f} | "
+                     f"{r['train_seconds']:.1f} | {r['images_per_second']:.0f} | {r['wall_seconds']:.1f} | {'; '.join(notes)} |")
+    if result["teachers"]:
+        lines += ["", "Teachers (trained once, cached; their time is not in the students' rows):", "",
+                  "| teacher | method | epochs | clean % | PGD % | train s |", "|---|---|---:|---:|---:|---:|"]
+        for t in result["teachers"]:
+            m = t["method"] + (f" (sigma={t['sigma']:g})" if t.get("sigma") is not None else "")
+            lines.append(f"| {t['arch']} | {m} | {t['epochs_run']} | {100 * t['clean_acc']:.2f} | "
+                         f"{100 * t['robust_acc']:.2f} | {t['train_seconds']:.1f} |")
+    lines += ["", "Columns: *train s* is the sum of the epochs' times (no teacher, no monitoring, no final evaluation); "
+              "*img/s* is training images (times replays) per second; *wall s* is the whole run including data "
+              "loading, per-epoch monitoring and the final evaluation. The machine is shared "
+              f"(load average {result['machine']['loadavg_start']} at the start, {result['machine']['loadavg_end']} "
+              "at the end), so times are comparable only roughly and only within this table.",
+              "", "PGD accuracy for crt / crt_chain / gaussian_aug is the base classifier's under an L-inf attack; "
+              "those methods target certified L2 robustness of the Gaussian-smoothed classifier, which this table "
+              "does not measure.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    def run():
+        args = build_parser().parse_args(argv)
+        configs = method_configs(args)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        load_start = [round(v, 2) for v in os.getloadavg()]
+        rows, teachers = [], {}
+        for name, cfg in configs:
+            report = reusable_report(cfg)
+            if report is not None:
+                print(f"== {name}: reusing the finished run in {cfg.out}")
+                wall = report.get("compare_wall_seconds", float("nan"))
+            else:
+                print(f"== {name}")
+                t0 = time.perf_counter()
+                report = train_run(cfg, progress=args.progress, exist_ok=True)
+                wall = time.perf_counter() - t0
+                report["compare_wall_seconds"] = wall
+                atomic_write_json(Path(cfg.out) / "report.json", report)
+            rows.append(row_from(name, cfg, report, wall))
+            if report.get("teacher_report") and report["teacher_report"] not in teachers:
+                teachers[report["teacher_report"]] = teacher_row(report["teacher_report"], cfg)
+        base = configs[0][1]
+        settings = {k: v for k, v in dataclasses.asdict(base).items()
+                    if k not in ("method", "teacher", "method_options", "out", "head_init")}
+        settings.update(teacher=args.teacher, teacher_method=args.teacher_method, head_init=args.head_init,
+                        sigma=args.sigma, attack_step_size=2.5 * base.eps / base.attack_steps if base.alpha is None else base.alpha,
+                        quick=args.quick)
+        cpu = platform.processor() or platform.machine()
+        result = {
+            "command": "python -m rrm_fast.bench.compare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": {"summary": f"{os.cpu_count()} CPU core(s) ({cpu}), torch {torch.__version__}, "
+                                   f"device {rows[0]['device']}, {rows[0]['precision']}",
+                        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                        "loadavg_start": load_start, "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
+            "settings": settings, "rows": rows, "teachers": list(teachers.values())}
+        stem = f"method_comparison_{'fmnist' if args.dataset == 'fashion_mnist' else args.dataset}"
+        atomic_write_json(out / f"{stem}.json", result)
+        (out / f"{stem}.md").write_text(render_markdown(result))
+        print(render_markdown(result))
+        print(f"-> {out / (stem + '.json')}, {out / (stem + '.md')}")
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
