@@ -1,0 +1,58 @@
+"""Round-robin timing for ratios measured in one run.
+
+A ratio of two timings taken minutes apart on a shared machine measures the load, not the
+code. ``interleaved_times`` times every call once per round, in turn, for ``reps`` rounds,
+so a burst of load falls on all of them alike; ratios are then taken between medians of the
+same run. Each timed call is synchronised on CUDA, so it measures the work, not the launch.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable, device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def interleaved_times(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
+                      rotate: bool = True) -> dict[str, list[float]]:
+    """Seconds of each call in each of ``reps`` rounds (after ``warmup`` untimed rounds).
+
+    ``rotate`` starts each round at the next call, so no call always runs first after the
+    previous round's last (caches, allocator, thermal state are shared alike).
+    """
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1 (got {reps})")
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)] if rotate else names
+        for name in order:
+            times[name].append(time_once(calls[name], device))
+    return times
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def interleaved_medians(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
+    """Median seconds of each call, timed round-robin (see ``interleaved_times``)."""
+    return medians(interleaved_times(calls, device, reps=reps, warmup=warmup))
