@@ -34,9 +34,15 @@ from ..methods import METHODS
 from ..train import TrainConfig, train_run
 
 METHOD_ORDER = ("natural", "pgd_at", "fast_at", "free_at", "rrm", "rslad", "kdiga", "ard", "kd", "trades", "crt")
-CRT_CHAIN = "crt_chain"  # crt with a gaussian_aug teacher (the paper's setting)
+# extra rows: a method with one setting changed. crt_chain: CRT with its own gaussian_aug teacher
+# (the paper's setting); rrm_random_head: RRM without --head-init teacher, to show what the
+# head copy is worth at this budget (lambda_x = 0.005 trains a random head slowly).
+VARIANTS = {"crt_chain": ("crt", {"teacher_method": "gaussian_aug"}),
+            "rrm_random_head": ("rrm", {"head_init": "random"})}
 
-FULL = dict(train_size=10000, test_size=2000, monitor_size=500, epochs=2, teacher_epochs=4, eval_steps=20)
+# the recorded comparison's budget (benchmarks/results/method_comparison_fmnist.md), sized for a
+# shared 2-core CPU: two epochs of 6000 images, PGD-20 on the first 1000 test images
+FULL = dict(train_size=6000, test_size=1000, monitor_size=200, epochs=2, teacher_epochs=3, eval_steps=20)
 QUICK = dict(train_size=1000, test_size=200, monitor_size=100, epochs=1, teacher_epochs=1, eval_steps=5)
 
 
@@ -45,14 +51,15 @@ def build_parser():
     p.add_argument("--out", required=True, help="directory for the results files (JSON + Markdown)")
     p.add_argument("--runs-dir", default="runs/compare", help="where each method's run directory goes")
     p.add_argument("--quick", action="store_true", help=f"small smoke budget {QUICK} instead of {FULL}")
-    p.add_argument("--methods", default=",".join(METHOD_ORDER + (CRT_CHAIN,)),
-                   help=f"comma-separated methods (default all: {', '.join(METHOD_ORDER)}, {CRT_CHAIN})")
+    p.add_argument("--methods", default=",".join(METHOD_ORDER + tuple(VARIANTS)),
+                   help=f"comma-separated methods (default all: {', '.join(METHOD_ORDER + tuple(VARIANTS))})")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--student", default="cnn_small", help="the one student architecture every method trains")
     p.add_argument("--teacher", default="cnn_small", help="architecture of the shared teacher")
     p.add_argument("--teacher-method", default="fast_at", help="how the shared teacher is trained")
-    p.add_argument("--head-init", default="random", choices=["random", "teacher"],
-                   help="applied to every method with a teacher (default random: each method as published)")
+    p.add_argument("--head-init", default="teacher", choices=["random", "teacher"],
+                   help="applied to every method with a teacher (default teacher: the student starts with a copy of "
+                        "the teacher's classifier, as the RRM demo does; needs the student's phi width to match)")
     for key in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
     p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
@@ -61,6 +68,9 @@ def build_parser():
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--sigma", type=float, default=0.25, help="noise of the CRT chain's teacher and student")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op CPU threads (default: torch's choice); on a shared, oversubscribed CPU 1 "
+                        "thread can be several times faster than OpenMP threads stalling on each other")
     p.add_argument("--progress", action="store_true", help="progress bars for each run")
     return p
 
@@ -69,9 +79,9 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
     budget = QUICK if args.quick else FULL
     size = {k: getattr(args, k) if getattr(args, k) is not None else budget[k] for k in budget}
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS and m != CRT_CHAIN]
+    unknown = [m for m in names if m not in METHODS and m not in VARIANTS]
     if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS))}, {CRT_CHAIN}")
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS) + list(VARIANTS))}")
     if not names:
         raise ValueError("--methods is empty; name at least one method")
     if args.teacher_method not in METHODS or METHODS[args.teacher_method].needs_teacher:
@@ -82,14 +92,13 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
                   teacher_method=args.teacher_method, **size)
     out = []
     for name in names:
-        if name == CRT_CHAIN:
-            cfg = TrainConfig(method="crt", teacher=args.teacher, head_init=args.head_init,
-                              method_options={"sigma": args.sigma}, **{**common, "teacher_method": "gaussian_aug"})
-        elif METHODS[name].needs_teacher:
-            opts = {"sigma": args.sigma} if name == "crt" else {}
-            cfg = TrainConfig(method=name, teacher=args.teacher, head_init=args.head_init, method_options=opts, **common)
+        method, changed = VARIANTS.get(name, (name, {}))
+        if METHODS[method].needs_teacher:
+            opts = {"sigma": args.sigma} if method == "crt" else {}
+            cfg = TrainConfig(**{**common, "method": method, "teacher": args.teacher, "head_init": args.head_init,
+                                 "method_options": opts, **changed})
         else:
-            cfg = TrainConfig(method=name, **common)
+            cfg = TrainConfig(**{**common, "method": method, **changed})
         cfg.out = str(Path(args.runs_dir) / name)
         out.append((name, cfg))
     return out
@@ -108,8 +117,11 @@ def reusable_report(cfg: TrainConfig):
 
 def row_from(name, cfg, report, wall_seconds) -> dict:
     test = report["test"]
+    opts = METHODS[cfg.method].options
+    replays = int(cfg.method_options.get("replays", opts["replays"].default)) if "replays" in opts else 1
     return {"name": name, "method": cfg.method, "paper": METHODS[cfg.method].paper,
             "teacher": f"{cfg.teacher_method} {cfg.teacher}" if cfg.teacher else None,
+            "head_init": cfg.head_init if cfg.teacher else None, "replays": replays,
             "method_options": cfg.method_options, "clean_acc": test["clean_acc"], "robust_acc": test["robust_acc"],
             "attack": f"{test['attack']} x{test['restarts']} ({test['norm']} eps={test['eps']:g})",
             "epochs_run": report["epochs_run"], "train_seconds": report["train_seconds"],
@@ -138,7 +150,8 @@ def render_markdown(result: dict) -> str:
              f"Threat model {s['norm']} eps = {s['eps']:g}, training attacks {s['attack_steps']} steps of "
              f"{s['attack_step_size']:g}. Teachers: `{s['teacher']}` trained by `{s['teacher_method']}` for "
              f"{s['teacher_epochs']} epochs (shared by every method with a teacher; the crt_chain row has its own "
-             f"`gaussian_aug` teacher, sigma = {s['sigma']:g}); student head init `{s['head_init']}`. "
+             f"`gaussian_aug` teacher, sigma = {s['sigma']:g}); students with a teacher start with head init `{s['head_init']}`"
+             f"{' (a copy of the teacher classifier)' if s['head_init'] == 'teacher' else ''}. "
              f"Evaluation: clean and {result['rows'][0]['attack'] if result['rows'] else 'PGD'} accuracy on the first "
              f"{s['test_size']} test images, model in eval mode, fp32. Each method uses its own defaults (docs/methods.md).",
              "", "| method | teacher | clean % | PGD % | train s | img/s | wall s | notes |",
@@ -147,6 +160,10 @@ def render_markdown(result: dict) -> str:
         notes = []
         if r["method_options"]:
             notes.append(", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["method_options"].items()))
+        if r["head_init"] and r["head_init"] != s["head_init"]:
+            notes.append(f"head init {r['head_init']}")
+        if r["replays"] > 1:
+            notes.append(f"each minibatch replayed {r['replays']}x")
         if r["epochs_run"] != s["epochs"]:
             notes.append(f"{r['epochs_run']} epoch(s) run")
         if r["stopped_early"]:
@@ -175,6 +192,10 @@ def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
         configs = method_configs(args)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+            torch.set_num_threads(args.threads)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -205,9 +226,10 @@ def main(argv=None) -> int:
         result = {
             "command": "python -m rrm_fast.bench.compare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
             "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": {"summary": f"{os.cpu_count()} CPU core(s) ({cpu}), torch {torch.__version__}, "
+            "machine": {"summary": f"{os.cpu_count()} CPU core(s) ({cpu}, {torch.get_num_threads()} torch thread(s)), "
+                                   f"torch {torch.__version__}, "
                                    f"device {rows[0]['device']}, {rows[0]['precision']}",
-                        "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
                         "loadavg_start": load_start, "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
             "settings": settings, "rows": rows, "teachers": list(teachers.values())}
         stem = f"method_comparison_{'fmnist' if args.dataset == 'fashion_mnist' else args.dataset}"
