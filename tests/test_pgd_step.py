@@ -251,6 +251,34 @@ def test_work_split_across_threads(device, threads):
 
 
 @needs_ext
+@pytest.mark.parametrize("grad_dtype", GRAD_DTYPES, ids=str)
+def test_instruction_sets_agree_bit_for_bit(grad_dtype):
+    """The CPU builds differ in vector width only: same operations, same summation order."""
+    if len(CPU_ISAS) < 2:
+        pytest.skip(f"this CPU runs one instruction-set build only ({CPU_ISAS})")
+    shape = (6, 3, 19, 23)
+    delta, grad, x = make_batch(shape, grad_dtype, "cpu", seed=31)
+    p = per_channel(shape, "cpu", seed=31)
+    x = normalised_x(x, p)
+    outputs = {}
+    previous = CPU_EXT.module.cpu_isa()
+    try:
+        for isa in CPU_ISAS:
+            CPU_EXT.module.set_cpu_isa(isa)
+            outputs[isa] = (
+                linf_step_(delta.clone(), grad, x, **p),
+                l2_step_(delta.clone(), grad, x, L2_EPS, L2_ALPHA, lo=p["lo"], hi=p["hi"]),
+                l2_random_init_(torch.empty_like(x), x, L2_EPS, lo=p["lo"], hi=p["hi"], generator=seeded("cpu", 3)),
+            )
+    finally:
+        CPU_EXT.module.set_cpu_isa(previous)
+    first = outputs[CPU_ISAS[0]]
+    for isa, results in outputs.items():
+        for name, a, b in zip(("linf_step_", "l2_step_", "l2_random_init_"), first, results):
+            assert torch.equal(a, b), f"{name}: {isa} differs from {CPU_ISAS[0]}"
+
+
+@needs_ext
 def test_nan_gradient_follows_the_reference(device):
     """torch.sign(NaN) = 0 (that L-inf coordinate does not move); an L2 step with a NaN norm does not move."""
     delta, grad, x = make_batch((3, 3, 4, 4), torch.float32, device, seed=13)

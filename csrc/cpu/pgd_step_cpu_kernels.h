@@ -5,7 +5,7 @@
 // file (and, for the x86 variants, after `#pragma GCC target`). Every loop over a run of
 // elements has unit stride, restrict pointers and `#pragma omp simd` (honoured with
 // -fopenmp-simd), so the compiler emits vector code for the target instruction set;
-// the sums of squares are SIMD reductions, in a fixed order for a given table.
+// the sums of squares run in one fixed order on every instruction set.
 #pragma once
 
 #include "cpu/pgd_step_cpu.h"
@@ -81,15 +81,30 @@ void linf_init_from_uniform(float* delta, const float* x, const PgdLayout& layou
   });
 }
 
-template <int kGrad>
-inline float sum_of_squares(const GradT<kGrad>* __restrict__ v, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < n; ++j) {
-    const float f = math::GradStorage<kGrad>::to_float(v[j]);
-    acc += f * f;
+// Sum of value(j)^2 over j < n in a fixed order that does not depend on the instruction
+// set: kSumLanes interleaved partial sums (element j goes to partial j % kSumLanes), then
+// those added in order. The independent partials also break the add-latency chain of a
+// single accumulator (4 AVX-512 or 8 AVX2 registers of accumulators).
+constexpr int kSumLanes = 64;
+
+template <typename Value>
+inline float sum_of_squares(int64_t n, Value value) {
+  float partial[kSumLanes] = {};
+  int64_t block = 0;
+  for (; block + kSumLanes <= n; block += kSumLanes) {
+#pragma omp simd
+    for (int k = 0; k < kSumLanes; ++k) {
+      const float v = value(block + k);
+      partial[k] += v * v;
+    }
   }
-  return acc;
+  for (int k = 0; block + k < n; ++k) {
+    const float v = value(block + k);
+    partial[k] += v * v;
+  }
+  float total = 0.f;
+  for (int k = 0; k < kSumLanes; ++k) total += partial[k];
+  return total;
 }
 
 // Box clip of a whole sample after scaling: d <- clip(x + scale * stepped(d), lo, hi) - x,
@@ -106,13 +121,11 @@ void l2_step(float* delta, const void* grad, const float* x, const bool* mask, c
     const GradT<kGrad>* __restrict__ g = g_all + s * size;
     // Pass 1: ||g||^2. Pass 2: ||delta + scale * g||^2. Pass 3: write. A sample is at most a
     // few hundred KiB, so passes 2 and 3 read it from cache.
-    const float step_scale = math::l2_step_scale(sum_of_squares<kGrad>(g, size), alpha);
-    float stepped_sq = 0.f;
-#pragma omp simd reduction(+ : stepped_sq)
-    for (int64_t j = 0; j < size; ++j) {
-      const float v = math::l2_stepped(d[j], math::GradStorage<kGrad>::to_float(g[j]), step_scale);
-      stepped_sq += v * v;
-    }
+    const float step_scale = math::l2_step_scale(
+        sum_of_squares(size, [&](int64_t j) { return math::GradStorage<kGrad>::to_float(g[j]); }), alpha);
+    const float stepped_sq = sum_of_squares(size, [&](int64_t j) {
+      return math::l2_stepped(d[j], math::GradStorage<kGrad>::to_float(g[j]), step_scale);
+    });
     const float projection = math::l2_projection_scale(stepped_sq, eps);
     for_each_run(layout, nullptr, s * size, (s + 1) * size, [&](int64_t offset, int64_t length, int64_t c) {
       const float lo = box[kBoxLo * stride + c];
@@ -135,7 +148,9 @@ void l2_init_from_normal(float* delta, const float* x, const float* radius, cons
   const int64_t size = layout.sample_size;
   const int64_t stride = layout.channels;
   for (int64_t s = begin; s < end; ++s) {
-    const float scale = math::l2_init_scale(sum_of_squares<math::kGradFloat>(delta + s * size, size), radius[s], eps);
+    const float* __restrict__ normal = delta + s * size;
+    const float scale =
+        math::l2_init_scale(sum_of_squares(size, [&](int64_t j) { return normal[j]; }), radius[s], eps);
     for_each_run(layout, nullptr, s * size, (s + 1) * size, [&](int64_t offset, int64_t length, int64_t c) {
       const float lo = box[kBoxLo * stride + c];
       const float hi = box[kBoxHi * stride + c];
