@@ -398,11 +398,15 @@ def _validate(args):
 
 
 def _checkpoint_sigma(train_cfg: dict):
+    """The noise level a checkpoint was trained with: its recorded --sigma, else the default of
+    its (noise-training) method; None for methods without one."""
     opts = train_cfg.get("method_options") or {}
     for v in (opts.get("sigma"), train_cfg.get("sigma")):
         if v is not None:
             return float(v)
-    return None
+    from .methods import METHODS
+    option = getattr(METHODS.get(train_cfg.get("method")), "options", {}).get("sigma")
+    return float(option.default) if option is not None else None
 
 
 def main(argv=None) -> int:

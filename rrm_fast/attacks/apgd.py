@@ -86,6 +86,10 @@ class APGD(Attack):
         self.momentum = float(momentum)
         self.initial_step = float(initial_step)
         self.generator = generator
+        # the last single run's schedule: iterations at which checkpoints fell, and the final
+        # per-sample step sizes of the samples never fooled (for tests and diagnostics)
+        self.checkpoint_iters: list[int] = []
+        self.final_step_sizes = None
 
     # ---- losses -----------------------------------------------------------------------
     def _loss_fn(self, target):
@@ -149,6 +153,7 @@ class APGD(Attack):
         if fooled.any():
             drop(~fooled)
         since_check = 0
+        self.checkpoint_iters = []
         for i in range(self.steps):
             if active.numel() == 0:
                 break
@@ -185,6 +190,7 @@ class APGD(Attack):
                 s["n_up"] = torch.zeros_like(s["n_up"])
                 since_check = 0
                 period = max(period - period_decr, period_min)
+                self.checkpoint_iters.append(i + 1)
 
             now_fooled = logits.argmax(1) != s["y"]
             if now_fooled.any():
@@ -195,6 +201,7 @@ class APGD(Attack):
 
         if active.numel():
             out_delta[active] = s["delta_best"]
+        self.final_step_sizes = s["step"]
         return (x + out_delta).detach(), fooled, best_loss_out
 
     @staticmethod

@@ -1,0 +1,239 @@
+"""Evaluation suites, randomized-smoothing certification and gradient-masking diagnostics."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.stats import beta, binom, norm
+
+from rrm_fast import eval as ev
+from rrm_fast.checkpoint import load_model, save_model
+from rrm_fast.data import load_dataset
+from rrm_fast.diagnostics import gradient_masking_checks
+from rrm_fast.models import create_model
+from rrm_fast.smoothing import ABSTAIN, Smooth, clopper_pearson_lower, max_certifiable_radius, summarize_certification
+from test_eval_models import QuantisedInput, fmnist, one_thread, trained_cnn
+
+
+@pytest.fixture(scope="module")
+def threads():
+    with one_thread():
+        yield
+
+
+# ---- Clopper-Pearson and CERTIFY --------------------------------------------------------
+def test_clopper_pearson_lower_bound():
+    lower = clopper_pearson_lower(90, 100, 0.001)
+    assert lower == pytest.approx(beta.ppf(0.001, 90, 100 - 90 + 1), rel=1e-12)
+    assert lower == pytest.approx(0.77533, abs=1e-5)  # tabulated (scipy 1.17)
+    # the definition: at p = lower bound, seeing >= 90 successes has probability exactly alpha
+    assert binom.sf(89, 100, lower) == pytest.approx(0.001, rel=1e-6)
+    assert clopper_pearson_lower(0, 100, 0.001) == 0.0
+    assert clopper_pearson_lower(100, 100, 0.001) == pytest.approx(0.001 ** (1 / 100))
+    with pytest.raises(ValueError, match="k=101"):
+        clopper_pearson_lower(101, 100, 0.001)
+
+
+class Constant(nn.Module):
+    def __init__(self, cls, num_classes=10):
+        super().__init__()
+        self.cls, self.num_classes = cls, num_classes
+
+    def forward(self, x):
+        return F.one_hot(torch.full((x.shape[0],), self.cls), self.num_classes).float()
+
+
+class Coin(nn.Module):
+    """Predicts uniformly at random: the smoothed classifier has no majority class."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        return torch.rand(x.shape[0], self.num_classes, generator=self.gen)
+
+
+def test_certify_radius_and_abstention():
+    x = torch.rand(1, 28, 28)
+    gen = torch.Generator().manual_seed(0)
+    cls, radius = Smooth(Constant(3), 10, 0.25).certify(x, 10, 200, 0.001, batch_size=64, generator=gen)
+    # all 200 votes agree: pA_lower = alpha^(1/n), radius = sigma * Phi^-1(pA_lower)
+    assert cls == 3 and radius == pytest.approx(0.25 * norm.ppf(0.001 ** (1 / 200)))
+    assert radius == pytest.approx(max_certifiable_radius(0.25, 200, 0.001))
+    assert Smooth(Constant(3), 10, 0.25).predict(x, 50, 0.001, generator=gen) == 3
+    for k in (2, 10):  # no majority: CERTIFY and PREDICT abstain
+        assert Smooth(Coin(k), k, 0.25).certify(x, 10, 200, 0.001, generator=gen) == (ABSTAIN, 0.0)
+        assert Smooth(Coin(k), k, 0.25).predict(x, 200, 0.001, generator=gen) == ABSTAIN
+    s = summarize_certification([1, 2, 3, 4], [1, 2, ABSTAIN, 0], [0.3, 0.6, 0.0, 0.9], radii=(0.0, 0.5, 1.0))
+    assert s["certified_acc"] == {"0": 0.5, "0.5": 0.25, "1": 0.0}
+    assert s["acr"] == pytest.approx((0.3 + 0.6) / 4) and s["abstain_rate"] == 0.25
+
+
+def test_noise_trained_model_certifies_larger_radii_than_a_natural_one(threads):
+    x, y = fmnist("test", 16)
+    results = {}
+    for sigma_train in (0.0, 0.25):
+        smooth = Smooth(trained_cnn(noise_sigma=sigma_train), 10, 0.25)
+        preds, rads = [], []
+        for i in range(x.shape[0]):
+            gen = torch.Generator().manual_seed(i)
+            p, r = smooth.certify(x[i], 20, 200, 0.001, batch_size=220, generator=gen)
+            preds.append(p)
+            rads.append(r)
+        results[sigma_train] = summarize_certification(y.tolist(), preds, rads)
+    noisy = results[0.25]
+    accs = list(noisy["certified_acc"].values())
+    assert accs == sorted(accs, reverse=True)  # certified accuracy cannot grow with the radius
+    assert noisy["certified_acc"]["0"] >= 0.5 and noisy["acr"] > 0.15, noisy
+    assert noisy["acr"] > results[0.0]["acr"], results
+
+
+# ---- gradient-masking diagnostics --------------------------------------------------------
+def test_diagnostics_fire_on_a_masked_model_and_stay_quiet_on_a_normal_one(threads):
+    model = trained_cnn()
+    x, y = fmnist("test", 200)
+    kw = dict(eps=0.03, steps=10, batch_size=200, square_queries=200)
+    normal = gradient_masking_checks(model, x, y, **kw)
+    masked = gradient_masking_checks(QuantisedInput(model), x, y, **kw)
+    assert normal["warnings"] == [], normal["warnings"]
+    fired = {c["name"] for c in masked["checks"] if not c["ok"]}
+    assert {"zero_gradients", "black_box", "large_eps"} <= fired, masked["checks"]
+    bb = next(c for c in masked["checks"] if c["name"] == "black_box")["values"]
+    assert bb["fooled"] > 0 and bb["run_on"] > 0
+    assert any("Square" in w for w in masked["warnings"])
+
+
+# ---- the CLI -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def zoo_ckpt(tmp_path_factory):
+    """A cnn_small trained for a moment with Gaussian noise (sigma 0.25), saved as a checkpoint."""
+    with one_thread():
+        torch.manual_seed(0)
+        ds = load_dataset("fashion_mnist", "train")
+        x, y = ds.images[:3000].float() / 255, ds.labels[:3000]
+        model = create_model("cnn_small", 10, 1, (0.286,), (0.353,))
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        for _ in range(120):
+            idx = torch.randint(0, 3000, (64,))
+            loss = F.cross_entropy(model(x[idx] + 0.25 * torch.randn_like(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("ckpt") / "final.safetensors"
+    save_model(path, model.eval(), {"config": {"dataset": "fashion_mnist", "eps": 0.03, "norm": "Linf",
+                                               "method": "gaussian_aug", "method_options": {"sigma": 0.25}}})
+    return str(path)
+
+
+def run_cli(capsys, *args):
+    with one_thread():
+        rc = ev.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_quick_suite_reproduces_evaluate_robustness(zoo_ckpt, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    rc, stdout, err = run_cli(capsys, zoo_ckpt, "--test-size", 100, "--steps", 5, "--diag-size", 40,
+                              "--diag-queries", 40, "--batch-size", 50, "--out", out)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    model, _ = load_model(zoo_ckpt)
+    ds = load_dataset("fashion_mnist", "test").subset(torch.arange(100))
+    with one_thread():
+        direct = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50)
+    assert res["robust_acc"] == direct["robust_acc"] and res["clean_acc"] == direct["clean_acc"]
+    assert res["robust_acc"] < res["clean_acc"]
+    assert "worst case" in stdout and "gradient-masking diagnostics" in stdout
+    assert len(res["diagnostics"]["checks"]) == 5 and not out.with_name("q.partial.json").exists()
+
+
+def test_standard_suite_is_a_per_sample_worst_case(zoo_ckpt, tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = (zoo_ckpt, "--suite", "standard", "--test-size", 60, "--steps", 10, "--n-targets", 2, "--n-queries", 40,
+            "--diag-size", 30, "--diag-steps", 5, "--batch-size", 30, "--out", out)
+    rc, stdout, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    names = [a["attack"] for a in res["attacks"]]
+    assert names == ["APGD-CE-10", "APGD-T-10x2", "Square-40"]
+    after = [a["robust_acc_after"] for a in res["attacks"]]
+    assert after == sorted(after, reverse=True) and res["robust_acc"] == after[-1] <= res["clean_acc"]
+    assert res["attacks"][1]["run_on"] == round(after[0] * 60)  # each attack runs only on the survivors
+    assert all(a["max_perturbation"] <= 0.03 + 1e-5 for a in res["attacks"])
+    bb = next(c for c in res["diagnostics"]["checks"] if c["name"] == "black_box")
+    assert bb["values"]["attack"] == "Square-40" and bb["values"]["run_on"] == res["attacks"][2]["run_on"]
+    for row in ("APGD-CE-10", "APGD-T-10x2", "Square-40", "worst case", "[ok]"):
+        assert row in stdout
+
+
+def test_standard_suite_resumes_where_it_stopped(zoo_ckpt, tmp_path, capsys, monkeypatch):
+    args = [zoo_ckpt, "--suite", "standard", "--test-size", 40, "--steps", 5, "--n-targets", 1, "--n-queries", 10,
+            "--diag-size", 0, "--batch-size", 20]
+    rc, _, err = run_cli(capsys, *args, "--out", tmp_path / "full.json")
+    assert rc == 0, err
+    full = json.loads((tmp_path / "full.json").read_text())
+
+    real = ev.standard_attacks
+    calls = []
+
+    def interrupted_on_second_batch(*a, **kw):
+        if kw.get("generator") is not None:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "standard_attacks", interrupted_on_second_batch)
+    out = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(capsys, *args, "--out", out)
+    partial = json.loads((tmp_path / "r.partial.json").read_text())
+    assert list(partial["records"]) == ["0"]
+
+    # a different eps must not silently reuse those batches
+    rc, _, err = run_cli(capsys, *args, "--out", out, "--resume", "--eps", 0.05)
+    assert rc == 2 and "different settings (eps)" in err and len(err.strip().splitlines()) == 1
+
+    calls.clear()
+    rc, stdout, err = run_cli(capsys, *args, "--out", out, "--resume")
+    assert rc == 0, err
+    assert len(calls) == 1 and "resuming: 1 batch(es)" in stdout  # only the unfinished batch ran
+    res = json.loads(out.read_text())
+    assert res["attacks"] == [{**a, "seconds": b["seconds"]} for a, b in zip(full["attacks"], res["attacks"])]
+    assert res["robust_acc"] == full["robust_acc"] and not (tmp_path / "r.partial.json").exists()
+
+
+def test_certify_suite_prints_certified_accuracy_per_radius(zoo_ckpt, tmp_path, capsys):
+    out = tmp_path / "c.json"
+    rc, stdout, err = run_cli(capsys, zoo_ckpt, "--suite", "certify", "--n0", 10, "--n", 100, "--test-size", 6,
+                              "--out", out)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert res["sigma"] == 0.25  # read from the checkpoint's training config
+    assert list(res["certified_acc"]) == ["0", "0.25", "0.5", "0.75", "1"]
+    assert res["max_certifiable_radius"] == pytest.approx(max_certifiable_radius(0.25, 100, 0.001))
+    assert "ACR" in stdout and "above the largest certifiable radius" in stdout
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-queries", "0"], "--n-queries must be >= 1"),
+    (["--suite", "certify", "--sigma", "-1"], "--sigma must be > 0"),
+    (["--radii", "0,a"], "--radii must be comma-separated numbers"),
+])
+def test_bad_flags_give_one_line_errors(zoo_ckpt, capsys, extra, message):
+    rc, _, err = run_cli(capsys, zoo_ckpt, *extra)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_certify_needs_a_sigma_for_models_not_trained_with_noise(zoo_ckpt, tmp_path, capsys):
+    model, meta = load_model(zoo_ckpt)
+    path = tmp_path / "nat.safetensors"
+    save_model(path, model, {"config": {"dataset": "fashion_mnist", "eps": 0.03, "method": "natural"}})
+    rc, _, err = run_cli(capsys, path, "--suite", "certify")
+    assert rc == 2 and "--sigma is required" in err
