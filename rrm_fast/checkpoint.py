@@ -3,15 +3,23 @@
 Never pickles. Every file is written to a temporary name in the same directory, flushed,
 fsynced and renamed, so a crash or Ctrl-C leaves either the old file or the new one.
 The JSON records the sha256 of the weights file; loading verifies it.
+
+Weights from elsewhere (``load_weights_into``): safetensors, or a legacy ``.pt``/``.pth``
+read with ``torch.load(..., weights_only=True)`` only - a pickle that needs code to load is
+refused. RobustBench-, timm-, torchvision- and robustness-library-style key layouts are
+mapped onto the zoo's (see ``adapt_state_dict``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .models import FeatureClassifier, create_model
@@ -21,6 +29,15 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not match what it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that would run code (or import classes) to load; never executed here."""
+
+
+CONVERT_HINT = ("if you trust the file, convert it once: python -c 'import torch; from safetensors.torch import save_file; "
+                "sd = torch.load(\"{path}\", weights_only=False); sd = sd.get(\"state_dict\", sd); "
+                "save_file({{k: v.contiguous() for k, v in sd.items()}}, \"{out}\")' (only for files you trust)")
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -33,6 +50,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,24 +84,46 @@ def model_spec(model) -> dict:
     return spec
 
 
+def write_tensor_file(path, tensors: dict) -> str:
+    """Atomically write ``tensors`` as a safetensors file; returns its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(_tensors_for_save(tensors), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return digest
+
+
+def fsync_dir(path) -> None:
+    """Make a rename durable (the directory entry), where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_model(path, model, meta: dict | None = None) -> Path:
     """Write ``path`` (.safetensors) and its JSON sidecar atomically."""
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(_tensors_for_save(model.state_dict()), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        digest = sha256_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    digest = write_tensor_file(path, model.state_dict())
     sidecar = {"format": "rrm_fast", "format_version": FORMAT_VERSION, "model": model_spec(model),
                "sha256": digest, **(meta or {})}
     atomic_write_json(path.with_suffix(".json"), sidecar)
@@ -136,5 +176,181 @@ def load_model(path, device="cpu") -> tuple[FeatureClassifier, dict]:
     return model.to(device).eval(), meta
 
 
-__all__ = ["CheckpointError", "save_model", "load_model", "load_state", "read_meta", "build_model",
-           "atomic_write_json", "atomic_write_bytes", "sha256_file"]
+# --------------------------------------------------------------------------- weights from elsewhere
+LEGACY_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+PREFIXES = ("module.", "model.", "_orig_mod.")
+HEAD_NAMES = ("linear", "classifier", "head", "last_linear", "logits", "fc")
+NORM_MEAN_KEYS = ("normalizer.new_mean", "normalize.mean", "mu", "mean")
+NORM_STD_KEYS = ("normalizer.new_std", "normalize.std", "sigma", "std")
+
+
+def _unsupported_global(message: str) -> str | None:
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+def read_state_dict(path) -> dict:
+    """A flat {name: tensor} from a safetensors file or a legacy torch pickle, never running
+    code: ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, which only rebuilds
+    tensors and plain containers. A wrapper dict ({"state_dict": ...}, {"model": ...}) is
+    unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        if path.with_suffix(".json").exists():
+            return load_state(path)[0]
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}); the file is corrupt") from None
+    if path.suffix not in LEGACY_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown checkpoint format {path.suffix!r}; pass a .safetensors file or a "
+                              f"torch state dict ({', '.join(LEGACY_SUFFIXES)})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        needed = _unsupported_global(str(e))
+        out = path.with_suffix(".safetensors")
+        if needed:
+            raise UnsafeCheckpointError(
+                f"{path} is a pickle that needs code to load (it references {needed}); rrm_fast never runs code from "
+                "checkpoints. " + CONVERT_HINT.format(path=path, out=out)) from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]}); "
+                              "the file is corrupt or not a state dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); the file is corrupt or truncated") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path) -> dict:
+    for _ in range(4):  # {"state_dict": {"model": {...}}} and the like
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+                if tensors:
+                    return tensors
+                break
+            obj = inner
+        else:
+            break
+    raise CheckpointError(f"{path} holds no state dict of tensors (found {type(obj).__name__}"
+                          f"{' with keys ' + str(sorted(obj)[:6]) if isinstance(obj, dict) else ''}); "
+                          "save model.state_dict() instead")
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def _renames(key: str, model) -> list[str]:
+    """Names ``key`` may have in the zoo's layout, most literal first."""
+    out = [key]
+    k = re.sub(r"^layer(\d+)\.", lambda m: f"layers.{int(m.group(1)) - 1}.", key)  # torchvision/kuangliu ResNets
+    k = k.replace(".downsample.", ".shortcut.").replace(".convShortcut.", ".shortcut.")
+    blocks = getattr(getattr(model, "backbone", None), "blocks", None)
+    if blocks is not None:  # RobustBench / TRADES WideResNet: block{k}.layer.{j} -> blocks.{(k-1)*n + j}
+        per_group = len(blocks) // 3
+        k = re.sub(r"^block(\d+)\.layer\.(\d+)\.",
+                   lambda m: f"blocks.{(int(m.group(1)) - 1) * per_group + int(m.group(2))}.", k)
+    head = k.split(".", 1)
+    if head[0] in HEAD_NAMES and len(head) == 2:
+        k = "fc." + head[1]
+    out.append(k)
+    if re.search(r"\.shortcut\.0\.weight$", k):  # a conv-only shortcut stored as Sequential(conv)
+        out.append(k.replace(".shortcut.0.weight", ".shortcut.weight"))
+    for final_bn in ("bn.", "bn1."):  # the last BatchNorm of pre-activation nets
+        if k.startswith(final_bn):
+            out += ["final_bn." + k[len(final_bn):], "bn." + k[len(final_bn):]]
+    return out + ["backbone." + c for c in out if not c.startswith(("fc.", "proj.", "normalize."))]
+
+
+def adapt_state_dict(state: dict, model) -> tuple[dict, list[str], list[str], list[str]]:
+    """Map an external state dict onto ``model``'s keys.
+
+    Strips ``module.``/``model.`` prefixes, drops the robustness library's duplicate
+    ``attacker.*`` copy, maps ``linear.*``/``classifier.*``/``head.*`` onto ``fc.*`` and
+    ``layerN.*``/``blockN.layer.*`` onto the zoo's backbone names - each rename only where the
+    target exists with the same shape. Input normalisation statistics in the file
+    (``normalizer.new_mean``, ``mu``, ...) replace the dataset's; otherwise the model keeps
+    the dataset's. Returns (mapped, missing, unexpected, shape_mismatches).
+    """
+    target = model.state_dict()
+    mapped: dict = {}
+    unexpected, mismatched = [], []
+    for raw_key, value in state.items():
+        key = _strip_prefixes(raw_key)
+        if key.startswith("attacker."):
+            continue
+        if key in NORM_MEAN_KEYS or key in NORM_STD_KEYS:
+            dest = "normalize.mean" if key in NORM_MEAN_KEYS else "normalize.std"
+            if dest in target and value.numel() == target[dest].numel():
+                mapped[dest] = value.reshape(target[dest].shape)
+                continue
+        present = [c for c in _renames(key, model) if c in target and c not in mapped]
+        fitting = [c for c in present if tuple(target[c].shape) == tuple(value.shape)]
+        if fitting:
+            mapped[fitting[0]] = value
+        elif present:
+            mismatched.append(f"{raw_key} {tuple(value.shape)} vs {present[0]} {tuple(target[present[0]].shape)}")
+        else:
+            unexpected.append(raw_key)
+    optional = ("normalize.mean", "normalize.std")
+    missing = [k for k in target if k not in mapped and not k.startswith(optional) and not k.endswith("num_batches_tracked")]
+    return mapped, missing, unexpected, mismatched
+
+
+def fit_state_dict(model, state: dict, source="the state dict") -> dict:
+    """Load an external ``state`` into ``model`` through ``adapt_state_dict``; CheckpointError
+    naming the missing, unexpected and mis-shaped keys when it does not fit."""
+    mapped, missing, unexpected, mismatched = adapt_state_dict(state, model)
+    if missing or unexpected or mismatched:
+        arch = getattr(model, "spec", {}).get("arch", type(model).__name__)
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} with other shapes {mismatched[:4]}")
+        if missing:
+            parts.append(f"{len(missing)} missing {missing[:6]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected {unexpected[:6]}")
+        raise CheckpointError(f"{source} does not fit architecture {arch}: keys " + "; ".join(parts) +
+                              "; check --teacher-arch (and the dataset's class count)")
+    with torch.no_grad():
+        model.load_state_dict(mapped, strict=False)
+    return mapped
+
+
+def load_weights_into(model, path) -> dict:
+    """Load the weights at ``path`` into ``model`` (a zoo model of the matching architecture).
+
+    Accepts rrm_fast checkpoints, bare safetensors files and legacy torch state dicts (read
+    with weights_only=True), in the zoo's or a RobustBench/timm/torchvision-style layout.
+    Raises CheckpointError naming the missing, unexpected and mis-shaped keys when the file
+    does not fit. Returns the mapped state dict that was loaded.
+    """
+    return fit_state_dict(model, read_state_dict(path), path)
+
+
+def head_classes(state: dict) -> int | None:
+    """The class count of the classifier in an external state dict, when recognisable."""
+    for raw_key, value in state.items():
+        name = _strip_prefixes(raw_key).split(".", 1)
+        if len(name) == 2 and name[0] in HEAD_NAMES and name[1] == "weight" and value.dim() == 2:
+            return int(value.shape[0])
+    return None
+
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "save_model", "load_model", "load_state", "read_meta",
+           "build_model", "atomic_write_json", "atomic_write_bytes", "sha256_file", "write_tensor_file",
+           "read_state_dict", "adapt_state_dict", "fit_state_dict", "load_weights_into", "head_classes"]

@@ -92,3 +92,13 @@ class Method:
     def epochs_for(self, epochs: int) -> int:
         """Epoch count the trainer runs for a requested budget (Free AT divides by its replays)."""
         return epochs
+
+    def state_dict(self) -> dict:
+        """State carried across minibatches that a resumed run needs (tensors, numbers,
+        nested dicts/lists); stateless methods have none."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (tensors already on the run's device)."""
+        if state:
+            raise ValueError(f"--method {self.name} keeps no state but the checkpoint holds {sorted(state)}")

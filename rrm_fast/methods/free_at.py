@@ -24,10 +24,14 @@ class FreeAT(Method):
         super().__init__(*a, **kw)
         self.delta = None
         self._x = None
+        self._restored = False
 
     def loss(self, x, y):
         if self.delta is None or self.delta.shape != x.shape:
             self.delta = torch.zeros_like(x, dtype=torch.float32)  # carried across minibatches
+        elif self._restored:  # a checkpoint stores delta contiguous; give it x's memory layout back
+            self.delta = torch.empty_like(x, dtype=torch.float32).copy_(self.delta)
+        self._restored = False
         self.delta.requires_grad_(True)
         self._x = x
         logits = self.student(x + self.delta)
@@ -44,3 +48,11 @@ class FreeAT(Method):
 
     def epochs_for(self, epochs):
         return max(1, round(epochs / self.replays))
+
+    def state_dict(self):
+        # delta is carried from one minibatch to the next, so a resumed run needs it
+        return {} if self.delta is None else {"delta": self.delta.detach()}
+
+    def load_state_dict(self, state):
+        self.delta = state["delta"].float().clone() if "delta" in state else None
+        self._restored = self.delta is not None
