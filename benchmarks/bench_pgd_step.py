@@ -100,11 +100,27 @@ def make_inputs(shape, grad_dtype=torch.float32, device="cpu", seed=0):
     return delta, grad, x
 
 
-def make_variants(op: str, compile_chain: bool) -> dict:
+def _on_cpu_isa(isa: str, fn):
+    """fn run with the CPU kernels of one instruction set (switching costs an atomic store)."""
+    module = _ext.extension("cpu").module
+
+    def call(*args):
+        module.set_cpu_isa(isa)
+        return fn(*args)
+
+    return call
+
+
+def make_variants(op: str, compile_chain: bool, cpu_isas=()) -> dict:
+    """eager, compiled (optional), fused; with cpu_isas, fused once per CPU instruction set."""
     variants = {"eager": EAGER[op]}
     if compile_chain:
         variants["compiled"] = torch.compile(EAGER[op], dynamic=False)
-    variants["fused"] = FUSED[op]
+    if cpu_isas:
+        variants.update({f"fused[{isa}]": _on_cpu_isa(isa, FUSED[op]) for isa in cpu_isas})
+        variants["fused"] = _on_cpu_isa("auto", FUSED[op])
+    else:
+        variants["fused"] = FUSED[op]
     return variants
 
 
@@ -158,13 +174,13 @@ def describe_device(device: torch.device) -> str:
     return f"cpu: {model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
 
 
-def run(ops, shapes, device, grad_dtype, reps, compile_chain):
+def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=()):
     rows = []
     for op in ops:
         for shape in shapes:
             torch._dynamo.reset()
             delta, grad, x = make_inputs(shape, grad_dtype, device)
-            variants = make_variants(op, compile_chain)
+            variants = make_variants(op, compile_chain, cpu_isas)
             with torch.no_grad():
                 medians = interleaved_medians({n: (lambda f=f: f(delta, grad, x)) for n, f in variants.items()},
                                               device, reps=reps)
@@ -173,7 +189,7 @@ def run(ops, shapes, device, grad_dtype, reps, compile_chain):
                 rows.append(dict(op=op, shape="x".join(map(str, shape)), grad=str(grad_dtype).replace("torch.", ""),
                                  variant=name, ms=seconds * 1e3, x_eager=medians["eager"] / seconds,
                                  gbs=moved / seconds / 1e9))
-                print(f"{op:10s} {rows[-1]['shape']:>14s} {name:9s} {seconds * 1e3:10.3f} ms "
+                print(f"{op:10s} {rows[-1]['shape']:>14s} {name:14s} {seconds * 1e3:10.3f} ms "
                       f"{rows[-1]['x_eager']:6.2f}x eager {rows[-1]['gbs']:7.2f} GB/s", flush=True)
             del delta, grad, x
     return rows
@@ -202,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (median taken)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--cpu-isas", nargs="*", default=None,
+                        help="also time the fused CPU kernels of these instruction sets (no value: every one this CPU runs)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results table here")
     args = parser.parse_args(argv)
 
@@ -220,7 +238,11 @@ def main(argv=None) -> int:
         "GB/s against the bytes the op must move: steps read delta, grad, x and write delta; starts read x, write delta",
     ]
     print("\n".join(header), flush=True)
-    rows = run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile)
+    cpu_isas = ()
+    if args.cpu_isas is not None and device.type == "cpu" and backend == "cpp":
+        cpu_isas = args.cpu_isas or _ext.extension("cpu").module.supported_cpu_isas()
+    rows = run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile,
+               cpu_isas)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header.append(f"whole run {time.time() - started:.0f} s, load average at the end {load:.1f} "
                   "(other processes may share these cores)")
