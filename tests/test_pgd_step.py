@@ -478,6 +478,18 @@ def test_backend_names():
     assert pgd_backend("cuda") == ("cuda" if _ext.extension("cuda").loaded else "reference")
 
 
+def test_info_reports_the_backends():
+    from rrm_fast import info
+
+    rows = dict(info.report())
+    assert rows["pgd step ops (cpu)"] == pgd_backend("cpu")
+    assert rows["pgd step ops (cuda)"] == pgd_backend("cuda")
+    assert rows["extension"].startswith("rrm_fast._C: ")
+    assert torch.__version__ in rows["torch"]
+    if CPU_EXT.loaded:
+        assert f"rrm_fast kernels: {CPU_EXT.module.cpu_isa()}" in rows["cpu capability"]
+
+
 def test_unknown_cpu_isa_is_refused():
     if not CPU_EXT.loaded:
         pytest.skip("compiled extension not built")
