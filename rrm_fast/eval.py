@@ -39,10 +39,31 @@ PERTURBATION_SLACK = 1e-5  # float32 rounding of (x + delta) - x; anything beyon
 # ---------------------------------------------------------------------------------------
 # shared pieces
 def _batches(ds, batch_size, device):
-    for i in range(0, len(ds), batch_size):
-        x = ds.images[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
-        y = ds.labels[i:i + batch_size].to(device, non_blocking=True)
-        yield i, x, y
+    """(start index, x float [0,1] on device, y) in dataset order. In-memory datasets are sliced;
+    folder datasets (decoded from disk) go through the project's eval loader, in order."""
+    if hasattr(ds, "images"):
+        for i in range(0, len(ds), batch_size):
+            x = ds.images[i:i + batch_size].to(device, non_blocking=True).float().div_(255)
+            y = ds.labels[i:i + batch_size].to(device, non_blocking=True)
+            yield i, x, y
+        return
+    from .data import make_loader
+    start = 0
+    for x, y in make_loader("auto", ds, batch_size, train=False, device=device):
+        yield start, x.float(), y
+        start += int(y.numel())
+
+
+def first_samples(ds, k, device, batch_size=500):
+    """The first ``k`` samples as (x, y) tensors on ``device``."""
+    xs, ys, have = [], [], 0
+    for _, x, y in _batches(ds, min(batch_size, k), device):
+        xs.append(x[:k - have])
+        ys.append(y[:k - have])
+        have += xs[-1].shape[0]
+        if have >= k:
+            break
+    return torch.cat(xs), torch.cat(ys)
 
 
 class AutocastModel(nn.Module):
@@ -280,16 +301,15 @@ def evaluate_certified(model, ds, *, sigma, n0=100, n=100_000, alpha=0.001, batc
     smooth = Smooth(model, ds.num_classes, sigma)
     labels, preds, rads = [], [], []
     t0 = time.perf_counter()
-    starts = range(0, len(ds), chunk)
-    for start in _progress_iter(starts, len(starts), "certify", progress):
+    total = (len(ds) + chunk - 1) // chunk
+    for start, xs, ys in _progress_iter(_batches(ds, chunk, device), total, "certify", progress):
         rec = progress_file.get(start) if progress_file is not None else None
         if rec is None:
             rec = {"label": [], "pred": [], "radius": []}
-            for i in range(start, min(start + chunk, len(ds))):
-                x = ds.images[i].to(device).float().div_(255)
-                gen = torch.Generator(device=device).manual_seed(batch_seed(seed, i))
-                pred, radius = smooth.certify(x, n0, n, alpha, batch_size, generator=gen)
-                rec["label"].append(int(ds.labels[i]))
+            for j in range(xs.shape[0]):
+                gen = torch.Generator(device=device).manual_seed(batch_seed(seed, start + j))
+                pred, radius = smooth.certify(xs[j], n0, n, alpha, batch_size, generator=gen)
+                rec["label"].append(int(ys[j]))
                 rec["pred"].append(pred)
                 rec["radius"].append(radius)
             if progress_file is not None:
@@ -425,14 +445,18 @@ def main(argv=None) -> int:
         data_dir = args.data_dir or train_cfg.get("data_dir")
         eps = args.eps if args.eps is not None else train_cfg.get("eps", 0.1)
         norm = canonical_norm(args.norm or train_cfg.get("norm", "Linf"))
-        ds = load_dataset(dataset, args.split, data_dir)
+        spec = meta["model"]
+        from .data.datasets import FOLDER_DATASETS
+        # folder datasets are decoded at the resolution the model was built for
+        extra = {"resolution": spec["image_size"]} if dataset in FOLDER_DATASETS and spec.get("image_size") else {}
+        ds = load_dataset(dataset, args.split, data_dir, **extra)
         if args.test_size:
             ds = ds.subset(torch.arange(min(args.test_size, len(ds))))
-        spec = meta["model"]
-        if tuple(ds.images.shape[1:2]) != (spec["in_channels"],) or ds.num_classes != spec["num_classes"]:
+        channels = ds.image_shape[0]
+        if channels != spec["in_channels"] or ds.num_classes != spec["num_classes"]:
             raise ValueError(
                 f"checkpoint expects {spec['in_channels']}-channel inputs and {spec['num_classes']} classes but {dataset} has "
-                f"{ds.images.shape[1]} and {ds.num_classes}; pass the --dataset it was trained on"
+                f"{channels} and {ds.num_classes}; pass the --dataset it was trained on"
             )
         suffix = {"quick": ".eval.json", "standard": ".eval-standard.json", "certify": ".eval-certify.json"}[args.suite]
         out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
@@ -488,8 +512,7 @@ def main(argv=None) -> int:
 
         if args.diag_size > 0 and eps > 0:
             k = min(args.diag_size, len(ds))
-            x = ds.images[:k].to(device).float().div_(255)
-            y = ds.labels[:k].to(device)
+            x, y = first_samples(ds, k, device, args.batch_size)
             diag_steps = args.diag_steps or (steps if args.suite == "quick" else 20)
             diag = gradient_masking_checks(model, x, y, eps=eps, norm=norm, steps=diag_steps,
                                            batch_size=args.batch_size, seed=args.seed,

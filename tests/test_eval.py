@@ -237,3 +237,40 @@ def test_certify_needs_a_sigma_for_models_not_trained_with_noise(zoo_ckpt, tmp_p
     save_model(path, model, {"config": {"dataset": "fashion_mnist", "eps": 0.03, "method": "natural"}})
     rc, _, err = run_cli(capsys, path, "--suite", "certify")
     assert rc == 2 and "--sigma is required" in err
+
+
+def test_attack_amp_runs_the_attacks_under_autocast_and_judges_in_fp32(zoo_ckpt):
+    model, _ = load_model(zoo_ckpt)
+    ds = load_dataset("fashion_mnist", "test").subset(torch.arange(100))
+    wrapped = ev.AutocastModel(model, "cpu")
+    assert wrapped.dtype == torch.bfloat16
+    with one_thread():
+        fp32 = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50)
+        amp = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50, attack_amp=True)
+        logits = wrapped(ds.images[:4].float() / 255)
+    assert logits.dtype == torch.float32
+    assert amp["clean_acc"] == fp32["clean_acc"]  # clean predictions are never autocast
+    assert abs(amp["robust_acc"] - fp32["robust_acc"]) <= 0.05, (amp, fp32)
+
+
+def test_folder_datasets_are_evaluated_through_the_loader(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from rrm_fast.data.imagefolder import FolderDataset
+    gen = torch.Generator().manual_seed(0)
+    for label in range(3):
+        folder = tmp_path / "val" / f"class_{label}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            colour = tuple(int(v) for v in torch.randint(0, 256, (3,), generator=gen))
+            Image.new("RGB", (20, 20), colour).save(folder / f"{i}.png")
+    ds = load_dataset("imagefolder", "test", str(tmp_path), resolution=16)
+    assert isinstance(ds, FolderDataset) and len(ds) == 12
+    torch.manual_seed(0)
+    model = create_model("cnn_small", 3, 3, (0.5,) * 3, (0.5,) * 3, image_size=16).eval()
+    x, y = ev.first_samples(ds, 12, "cpu", batch_size=5)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    with one_thread():
+        res = ev.evaluate_robustness(model, ds, eps=0.03, steps=3, batch_size=5)
+    assert res["n"] == 12 and res["clean_acc"] == pytest.approx(clean) and res["robust_acc"] <= res["clean_acc"]
+    assert sorted(y.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
