@@ -237,6 +237,14 @@ def test_kdiga_loss_and_its_double_backprop_gradient():
     assert not np.allclose(s.fc.weight.grad.numpy(), grad)
 
 
+def test_kdiga_refuses_a_compiled_student_in_one_line():
+    m = METHODS["kdiga"](Linear(W_S), frozen(Linear(W_T)))
+    m.student = torch.compile(m.student)  # the trainer swaps in the compiled module the same way
+    with pytest.raises(ValueError, match="drop --compile") as e:
+        m.loss(X, Y)
+    assert "\n" not in str(e.value)
+
+
 def test_kdiga_alignment_term_against_two_explicit_backwards():
     # a nonlinear student: per-sample gradients taken one sample at a time with two autograd calls
     torch.manual_seed(0)

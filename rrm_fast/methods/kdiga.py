@@ -55,6 +55,10 @@ class KDIGA(Method):
 
     def loss(self, x, y):
         use_iga = self.iga_gamma > 0
+        # torch.compile's module wrapper keeps the original as _orig_mod (checked without importing dynamo)
+        if use_iga and hasattr(self.student, "_orig_mod"):
+            raise ValueError("--method kdiga backpropagates through an input gradient (double backward), which "
+                             "torch.compile does not support; drop --compile (or pass --iga-gamma 0)")
         if use_iga:
             t_logits, g_t = self.teacher_logits_and_input_grad(x, y)
             x_s = x.detach().requires_grad_(True)
