@@ -82,8 +82,14 @@ def extension_modules(env=os.environ):
     if env_switch(env, "RRM_FAST_SKIP_EXT"):
         print("rrm_fast setup: RRM_FAST_SKIP_EXT=1, building no compiled extension", file=sys.stderr)
         return [], {}
-    import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+    except ImportError as err:
+        raise SystemExit(
+            f"rrm_fast setup: torch is not importable here ({err}); the extensions build against the installed "
+            "torch: pip install --no-build-isolation -e .  (or RRM_FAST_SKIP_EXT=1 for a pure-Python install)"
+        ) from err
 
     linux = sys.platform.startswith("linux")
     # -O3 and -fopenmp-simd let the compiler vectorise the kernels' `omp simd` loops;
