@@ -72,33 +72,41 @@ def _check_grad(op: str, delta, grad) -> None:
 def _check_mask(op: str, delta, mask) -> torch.Tensor | None:
     if mask is None:
         return None
-    if not isinstance(mask, torch.Tensor) or mask.numel() != delta.shape[0] or mask.dim() != 1:
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 1 or mask.shape[0] != delta.shape[0]:
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"{op}: mask must be a ({delta.shape[0]},) tensor, one bool per sample, got {got}")
-    return mask.to(device=delta.device, dtype=torch.bool).contiguous()
+    if mask.dtype != torch.bool or mask.device != delta.device or not mask.is_contiguous():
+        mask = mask.to(device=delta.device, dtype=torch.bool).contiguous()
+    return mask
 
 
-def _check_value(op: str, name: str, value, channels: int, scalar_only: bool = False) -> None:
-    if isinstance(value, torch.Tensor):
-        if scalar_only and value.numel() != 1:
-            raise ValueError(f"{op}: {name} must be a scalar (one L2 radius or step per sample), got {value.numel()} values")
-        if value.numel() not in (1, channels):
-            raise ValueError(
-                f"{op}: {name} has {value.numel()} values but delta has {channels} channels; pass a number or a ({channels},) tensor"
-            )
-    elif not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a number or a tensor, got {type(value).__name__}")
+# Python numbers take this fast path (an isinstance against numbers.Real costs ~1 us).
+_PLAIN_NUMBERS = (float, int)
 
 
-def _check_params(op: str, delta, *, scalar_only=(), **values) -> None:
-    channels = delta.shape[1]
-    for name, value in values.items():
-        _check_value(op, name, value, channels, scalar_only=name in scalar_only)
-    eps = values.get("eps")
-    if isinstance(eps, numbers.Real) and not eps >= 0:
+def _is_number(value) -> bool:
+    return type(value) in _PLAIN_NUMBERS or (not isinstance(value, torch.Tensor) and isinstance(value, numbers.Real))
+
+
+def _check_params(op: str, delta, names: tuple, values: tuple, scalar_only: tuple = ()) -> None:
+    """Each value a number, or a tensor of 1 or C values (1 only, for names in scalar_only);
+    a number eps must be >= 0 and number bounds need lo <= hi."""
+    for name, value in zip(names, values):
+        if type(value) in _PLAIN_NUMBERS:
+            continue
+        if isinstance(value, torch.Tensor):
+            channels = delta.shape[1]
+            if name in scalar_only and value.numel() != 1:
+                raise ValueError(f"{op}: {name} must be a scalar (one L2 radius or step per sample), got {value.numel()} values")
+            if value.numel() not in (1, channels):
+                raise ValueError(f"{op}: {name} has {value.numel()} values but delta has {channels} channels; "
+                                 f"pass a number or a ({channels},) tensor")
+        elif not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a number or a tensor, got {type(value).__name__}")
+    eps, lo, hi = values[0], values[-2], values[-1]  # every op's values start with eps and end with lo, hi
+    if _is_number(eps) and not eps >= 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
-    lo, hi = values.get("lo"), values.get("hi")
-    if isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real) and not lo <= hi:
+    if _is_number(lo) and _is_number(hi) and not lo <= hi:
         raise ValueError(f"{op}: the box needs lo <= hi, got lo={lo}, hi={hi}")
 
 
@@ -114,6 +122,26 @@ def _use_compiled(delta: torch.Tensor) -> bool:
     return False
 
 
+def _channel_rows(delta: torch.Tensor, values: tuple) -> torch.Tensor:
+    """(len(values), C) float32 rows on delta's device from numbers and per-channel tensors."""
+    channels = delta.shape[1]
+    rows = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            rows.append(v.detach().to(device=delta.device, dtype=torch.float32).reshape(-1).expand(channels))
+        else:
+            rows.append(torch.full((channels,), float(v), device=delta.device, dtype=torch.float32))
+    return torch.stack(rows)
+
+
+def _scalars_and_rows(delta: torch.Tensor, values: tuple):
+    """The op's scalar arguments and its optional rows: the numbers themselves, or rows that
+    replace them (the scalars are then unused) when any value is a tensor."""
+    if all(type(v) in _PLAIN_NUMBERS for v in values) or not any(isinstance(v, torch.Tensor) for v in values):
+        return tuple(float(v) for v in values), None
+    return (0.0,) * len(values), _channel_rows(delta, values)
+
+
 def _dense_format(delta: torch.Tensor):
     """The memory format the kernels can walk delta in, or None when delta is not dense."""
     if delta.is_contiguous():
@@ -125,30 +153,33 @@ def _dense_format(delta: torch.Tensor):
     return None
 
 
-def _scalars_or_rows(delta: torch.Tensor, values: list):
-    """(floats, None) when every value is a number, else (zeros, (len(values), C) float32 rows)."""
-    if not any(isinstance(v, torch.Tensor) for v in values):
-        return [float(v) for v in values], None
-    channels = delta.shape[1]
-    rows = []
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            rows.append(v.detach().to(device=delta.device, dtype=torch.float32).reshape(-1).expand(channels))
-        else:
-            rows.append(torch.full((channels,), float(v), device=delta.device, dtype=torch.float32))
-    return [0.0] * len(values), torch.stack(rows)
+def _in_format(t: torch.Tensor, fmt) -> torch.Tensor:
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
-def _run_dense(delta: torch.Tensor, body) -> torch.Tensor:
-    """Run body(target, memory_format) on delta, through a contiguous copy if delta is not dense."""
+def _call_in_place(op, delta, like_delta: tuple, rest: tuple, draw=None) -> torch.Tensor:
+    """op(target, *like_delta in target's memory layout, *drawn, *rest), where target is delta,
+    or a contiguous copy written back when delta is not dense, and drawn = draw(target, fmt):
+    the random numbers the op transforms, filled into target (plus any it returns)."""
     fmt = _dense_format(delta)
-    if fmt is not None:
-        body(delta, fmt)
-    else:
-        target = delta.contiguous()
-        body(target, torch.contiguous_format)
+    target = delta if fmt is not None else delta.contiguous()
+    fmt = fmt if fmt is not None else torch.contiguous_format
+    drawn = draw(target, fmt) if draw is not None else ()
+    op(target, *(_in_format(t, fmt) for t in like_delta), *drawn, *rest)
+    if target is not delta:
         delta.copy_(target)
     return delta
+
+
+_ops: dict = {}
+
+
+def _op(name: str):
+    """The compiled op overload (looked up once: attribute chains on torch.ops cost ~1 us)."""
+    op = _ops.get(name)
+    if op is None:
+        op = _ops[name] = getattr(torch.ops.rrm_fast, name).default
+    return op
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,17 +193,12 @@ def linf_step_(delta, grad, x, eps, alpha, lo=0.0, hi=1.0, mask=None):
     _check_batch(op, delta, x)
     _check_grad(op, delta, grad)
     mask = _check_mask(op, delta, mask)
-    _check_params(op, delta, eps=eps, alpha=alpha, lo=lo, hi=hi)
+    values = (eps, alpha, lo, hi)
+    _check_params(op, delta, ("eps", "alpha", "lo", "hi"), values)
     if not _use_compiled(delta):
         return linf_step_ref_(delta, grad, x, eps, alpha, lo, hi, mask)
-    scalars, rows = _scalars_or_rows(delta, [eps, alpha, lo, hi])
-
-    def body(target, fmt):
-        torch.ops.rrm_fast.linf_step_(
-            target, grad.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt), mask, *scalars, rows
-        )
-
-    return _run_dense(delta, body)
+    scalars, rows = _scalars_and_rows(delta, values)
+    return _call_in_place(_op(op), delta, (grad, x), (mask, *scalars, rows))
 
 
 def l2_step_(delta, grad, x, eps, alpha, lo=0.0, hi=1.0, mask=None):
@@ -182,47 +208,45 @@ def l2_step_(delta, grad, x, eps, alpha, lo=0.0, hi=1.0, mask=None):
     _check_batch(op, delta, x)
     _check_grad(op, delta, grad)
     mask = _check_mask(op, delta, mask)
-    _check_params(op, delta, scalar_only=("eps", "alpha"), eps=eps, alpha=alpha, lo=lo, hi=hi)
+    _check_params(op, delta, ("eps", "alpha", "lo", "hi"), (eps, alpha, lo, hi), ("eps", "alpha"))
     if not _use_compiled(delta):
         return l2_step_ref_(delta, grad, x, eps, alpha, lo, hi, mask)
-    scalars, box = _scalars_or_rows(delta, [lo, hi])
-
-    def body(target, fmt):
-        torch.ops.rrm_fast.l2_step_(
-            target, grad.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt), mask,
-            float(eps), float(alpha), *scalars, box,
-        )
-
-    return _run_dense(delta, body)
+    box, rows = _scalars_and_rows(delta, (lo, hi))
+    return _call_in_place(_op(op), delta, (grad, x), (mask, float(eps), float(alpha), *box, rows))
 
 
-def _draw(target: torch.Tensor, fmt, kind: str, generator) -> None:
-    """Fill target with the numbers the reference draws: torch.rand/randn of delta's shape.
-    In contiguous memory, filling in place draws them in the same order without a buffer."""
+def _draw_uniform(target: torch.Tensor, fmt, generator) -> None:
+    """The numbers the reference draws, torch.rand(delta.shape): in contiguous memory, filled
+    in place in the same order without a buffer."""
     if fmt == torch.contiguous_format:
-        if kind == "uniform":
-            target.uniform_(0.0, 1.0, generator=generator)
-        else:
-            target.normal_(generator=generator)
-        return
-    draw = torch.rand if kind == "uniform" else torch.randn
-    target.copy_(draw(target.shape, generator=generator, device=target.device, dtype=torch.float32))
+        target.uniform_(0.0, 1.0, generator=generator)
+    else:
+        target.copy_(torch.rand(target.shape, generator=generator, device=target.device, dtype=torch.float32))
+
+
+def _draw_normal(target: torch.Tensor, fmt, generator) -> None:
+    """As _draw_uniform, for the reference's torch.randn(delta.shape)."""
+    if fmt == torch.contiguous_format:
+        target.normal_(generator=generator)
+    else:
+        target.copy_(torch.randn(target.shape, generator=generator, device=target.device, dtype=torch.float32))
 
 
 def linf_random_init_(delta, x, eps, lo=0.0, hi=1.0, generator=None):
     """delta ~ U(-eps, eps) elementwise (torch's generator), then clipped so x + delta stays in the box."""
     op = "linf_random_init_"
     _check_batch(op, delta, x)
-    _check_params(op, delta, eps=eps, lo=lo, hi=hi)
+    values = (eps, lo, hi)
+    _check_params(op, delta, ("eps", "lo", "hi"), values)
     if not _use_compiled(delta):
         return linf_random_init_ref_(delta, x, eps, lo, hi, generator)
-    scalars, rows = _scalars_or_rows(delta, [eps, lo, hi])
+    scalars, rows = _scalars_and_rows(delta, values)
 
-    def body(target, fmt):
-        _draw(target, fmt, "uniform", generator)
-        torch.ops.rrm_fast.linf_init_from_uniform_(target, x.contiguous(memory_format=fmt), *scalars, rows)
+    def draw(target, fmt):
+        _draw_uniform(target, fmt, generator)
+        return ()
 
-    return _run_dense(delta, body)
+    return _call_in_place(_op("linf_init_from_uniform_"), delta, (x,), (*scalars, rows), draw)
 
 
 def l2_random_init_(delta, x, eps, lo=0.0, hi=1.0, generator=None):
@@ -230,19 +254,19 @@ def l2_random_init_(delta, x, eps, lo=0.0, hi=1.0, generator=None):
     torch's generator), then clipped so x + delta stays in the box."""
     op = "l2_random_init_"
     _check_batch(op, delta, x)
-    _check_params(op, delta, scalar_only=("eps",), eps=eps, lo=lo, hi=hi)
+    _check_params(op, delta, ("eps", "lo", "hi"), (eps, lo, hi), ("eps",))
     if not _use_compiled(delta):
         return l2_random_init_ref_(delta, x, eps, lo, hi, generator)
-    scalars, box = _scalars_or_rows(delta, [lo, hi])
+    box, rows = _scalars_and_rows(delta, (lo, hi))
     sample_size = max(1, math.prod(delta.shape[1:]))
 
-    def body(target, fmt):
-        _draw(target, fmt, "normal", generator)
+    def draw(target, fmt):
+        # The reference's order: the normal directions, then one uniform radius per sample.
+        _draw_normal(target, fmt, generator)
         radius = torch.rand((delta.shape[0],), generator=generator, device=delta.device, dtype=torch.float32)
-        radius = radius.pow_(1.0 / sample_size)
-        torch.ops.rrm_fast.l2_init_from_normal_(target, x.contiguous(memory_format=fmt), radius, float(eps), *scalars, box)
+        return (radius.pow_(1.0 / sample_size),)
 
-    return _run_dense(delta, body)
+    return _call_in_place(_op("l2_init_from_normal_"), delta, (x,), (float(eps), *box, rows), draw)
 
 
 __all__ = ["linf_step_", "l2_step_", "linf_random_init_", "l2_random_init_", "pgd_backend"]
