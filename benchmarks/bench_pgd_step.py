@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pgd_step.py                        # every op and shape, this machine
     python benchmarks/bench_pgd_step.py --ops linf_step --shapes 512x3x32x32 --no-compile
-    python benchmarks/bench_pgd_step.py --markdown benchmarks/results/pgd_step_cpu.md
+    python benchmarks/bench_pgd_step.py --threads 2 1 --cpu-isas --markdown benchmarks/results/pgd_step_cpu.md
 
 For each op and shape it times three variants on the same tensors, interleaved (so that
 noise from other processes hits them alike): `eager` (the idiomatic chain of PyTorch ops,
@@ -171,11 +171,12 @@ def describe_device(device: torch.device) -> str:
         model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration, subprocess.SubprocessError):
         pass
-    return f"cpu: {model}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+    return f"cpu: {model}, {os.cpu_count()} logical cores"
 
 
-def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=()):
+def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=(), threads=None):
     rows = []
+    threads = threads or torch.get_num_threads()
     for op in ops:
         for shape in shapes:
             torch._dynamo.reset()
@@ -187,7 +188,7 @@ def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=()):
             moved = op_bytes(op, delta, grad)
             for name, seconds in medians.items():
                 rows.append(dict(op=op, shape="x".join(map(str, shape)), grad=str(grad_dtype).replace("torch.", ""),
-                                 variant=name, ms=seconds * 1e3, x_eager=medians["eager"] / seconds,
+                                 threads=threads, variant=name, ms=seconds * 1e3, x_eager=medians["eager"] / seconds,
                                  gbs=moved / seconds / 1e9))
                 print(f"{op:10s} {rows[-1]['shape']:>14s} {name:14s} {seconds * 1e3:10.3f} ms "
                       f"{rows[-1]['x_eager']:6.2f}x eager {rows[-1]['gbs']:7.2f} GB/s", flush=True)
@@ -198,9 +199,10 @@ def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=()):
 def markdown(rows, header_lines) -> str:
     out = ["# PGD step ops: fused vs eager chain vs torch.compile", ""]
     out += [f"- {line}" for line in header_lines]
-    out += ["", "| op | shape | grad | variant | median ms | x eager | GB/s |", "|---|---|---|---|---:|---:|---:|"]
+    out += ["", "| op | shape | grad | threads | variant | median ms | x eager | GB/s |",
+            "|---|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['op']} | {r['shape']} | {r['grad']} | {r['variant']} | {r['ms']:.3f} | "
+        out.append(f"| {r['op']} | {r['shape']} | {r['grad']} | {r['threads']} | {r['variant']} | {r['ms']:.3f} | "
                    f"{r['x_eager']:.2f} | {r['gbs']:.2f} |")
     return "\n".join(out) + "\n"
 
@@ -216,15 +218,14 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=SHAPES, help="e.g. 512x3x32x32")
     parser.add_argument("--grad-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (median taken)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch.set_num_threads (CPU); several values: the whole run once per value")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--cpu-isas", nargs="*", default=None,
                         help="also time the fused CPU kernels of these instruction sets (no value: every one this CPU runs)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results table here")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     backend = pgd_backend(device.type)
     isa = _ext.cpu_isa() if device.type == "cpu" else None
@@ -241,8 +242,11 @@ def main(argv=None) -> int:
     cpu_isas = ()
     if args.cpu_isas is not None and device.type == "cpu" and backend == "cpp":
         cpu_isas = args.cpu_isas or _ext.extension("cpu").module.supported_cpu_isas()
-    rows = run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile,
-               cpu_isas)
+    rows = []
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        rows += run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile,
+                    cpu_isas, threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header.append(f"whole run {time.time() - started:.0f} s, load average at the end {load:.1f} "
                   "(other processes may share these cores)")
