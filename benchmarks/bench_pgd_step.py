@@ -134,31 +134,38 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def calls_per_rep(fn, device: torch.device, target_s: float = 0.02) -> int:
+# Clocks: wall time (the default), or the CPU time of the calling thread, which a busy
+# shared machine cannot inflate by descheduling us; it covers all the work only when every
+# op runs on the calling thread, i.e. on the CPU with torch.set_num_threads(1).
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def calls_per_rep(fn, device: torch.device, clock=time.perf_counter, target_s: float = 0.02) -> int:
     """How many calls make one timed repetition of ~target_s (one call when a call is longer)."""
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    once = time.perf_counter() - start
+    once = clock() - start
     return max(1, min(1000, int(target_s / max(once, 1e-7))))
 
 
-def interleaved_medians(calls: dict, device: torch.device, warmup: int = 3, reps: int = 15) -> dict:
+def interleaved_medians(calls: dict, device: torch.device, warmup: int = 3, reps: int = 15,
+                        clock=time.perf_counter) -> dict:
     """Median seconds per call of each variant, the variants taking turns every repetition."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
-    inner = {name: calls_per_rep(fn, device) for name, fn in calls.items()}
+    inner = {name: calls_per_rep(fn, device, clock) for name, fn in calls.items()}
     samples = {name: [] for name in calls}
     for _ in range(reps):
         for name, fn in calls.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             for _ in range(inner[name]):
                 fn()
             _sync(device)
-            samples[name].append((time.perf_counter() - start) / inner[name])
+            samples[name].append((clock() - start) / inner[name])
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -174,7 +181,7 @@ def describe_device(device: torch.device) -> str:
     return f"cpu: {model}, {os.cpu_count()} logical cores"
 
 
-def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=(), threads=None):
+def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=(), threads=None, clock="wall"):
     rows = []
     threads = threads or torch.get_num_threads()
     for op in ops:
@@ -184,11 +191,11 @@ def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=(), threa
             variants = make_variants(op, compile_chain, cpu_isas)
             with torch.no_grad():
                 medians = interleaved_medians({n: (lambda f=f: f(delta, grad, x)) for n, f in variants.items()},
-                                              device, reps=reps)
+                                              device, reps=reps, clock=CLOCKS[clock])
             moved = op_bytes(op, delta, grad)
             for name, seconds in medians.items():
                 rows.append(dict(op=op, shape="x".join(map(str, shape)), grad=str(grad_dtype).replace("torch.", ""),
-                                 threads=threads, variant=name, ms=seconds * 1e3, x_eager=medians["eager"] / seconds,
+                                 threads=threads, clock=clock, variant=name, ms=seconds * 1e3, x_eager=medians["eager"] / seconds,
                                  gbs=moved / seconds / 1e9))
                 print(f"{op:10s} {rows[-1]['shape']:>14s} {name:14s} {seconds * 1e3:10.3f} ms "
                       f"{rows[-1]['x_eager']:6.2f}x eager {rows[-1]['gbs']:7.2f} GB/s", flush=True)
@@ -199,11 +206,11 @@ def run(ops, shapes, device, grad_dtype, reps, compile_chain, cpu_isas=(), threa
 def markdown(rows, header_lines) -> str:
     out = ["# PGD step ops: fused vs eager chain vs torch.compile", ""]
     out += [f"- {line}" for line in header_lines]
-    out += ["", "| op | shape | grad | threads | variant | median ms | x eager | GB/s |",
-            "|---|---|---|---:|---|---:|---:|---:|"]
+    out += ["", "| op | shape | grad | threads | clock | variant | median ms | x eager | GB/s |",
+            "|---|---|---|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['op']} | {r['shape']} | {r['grad']} | {r['threads']} | {r['variant']} | {r['ms']:.3f} | "
-                   f"{r['x_eager']:.2f} | {r['gbs']:.2f} |")
+        out.append(f"| {r['op']} | {r['shape']} | {r['grad']} | {r['threads']} | {r['clock']} | {r['variant']} | "
+                   f"{r['ms']:.3f} | {r['x_eager']:.2f} | {r['gbs']:.2f} |")
     return "\n".join(out) + "\n"
 
 
@@ -221,6 +228,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch.set_num_threads (CPU); several values: the whole run once per value")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall time, or the calling thread's CPU time (CPU with --threads 1 only: robust on a busy machine)")
     parser.add_argument("--cpu-isas", nargs="*", default=None,
                         help="also time the fused CPU kernels of these instruction sets (no value: every one this CPU runs)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results table here")
@@ -235,10 +244,13 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, python {platform.python_version()}, date {datetime.date.today()}",
         f"fused backend: {backend}" + (f" (CPU kernels: {isa})" if isa else ""),
         "eager: the chain of PyTorch ops (in place where possible); compiled: torch.compile(eager chain), inductor",
+        f"clock: {args.clock} ({'CPU time of the calling thread, which runs all the work with 1 thread' if args.clock == 'thread' else 'wall time'}); "
         "median of interleaved repetitions after warm-up (synchronised on CUDA); `x eager` = eager median / variant median",
         "GB/s against the bytes the op must move: steps read delta, grad, x and write delta; starts read x, write delta",
     ]
     print("\n".join(header), flush=True)
+    if args.clock == "thread" and (device.type != "cpu" or (args.threads or [torch.get_num_threads()]) != [1]):
+        parser.error("--clock thread measures the calling thread only: use it on the CPU with --threads 1")
     cpu_isas = ()
     if args.cpu_isas is not None and device.type == "cpu" and backend == "cpp":
         cpu_isas = args.cpu_isas or _ext.extension("cpu").module.supported_cpu_isas()
@@ -246,7 +258,7 @@ def main(argv=None) -> int:
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         rows += run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile,
-                    cpu_isas, threads)
+                    cpu_isas, threads, args.clock)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header.append(f"whole run {time.time() - started:.0f} s, load average at the end {load:.1f} "
                   "(other processes may share these cores)")
