@@ -75,22 +75,25 @@ def test_certify_radius_and_abstention():
 
 
 def test_noise_trained_model_certifies_larger_radii_than_a_natural_one(threads):
+    # sigma 0.5: enough noise that a naturally trained CNN's smoothed votes break down, while
+    # the same CNN trained with that noise keeps them (16 images, n = 200: CPU-sized)
     x, y = fmnist("test", 16)
     results = {}
-    for sigma_train in (0.0, 0.25):
-        smooth = Smooth(trained_cnn(noise_sigma=sigma_train), 10, 0.25)
+    for sigma_train, steps in ((0.0, 400), (0.5, 200)):
+        smooth = Smooth(trained_cnn(noise_sigma=sigma_train, steps=steps), 10, 0.5)
         preds, rads = [], []
         for i in range(x.shape[0]):
             gen = torch.Generator().manual_seed(i)
             p, r = smooth.certify(x[i], 20, 200, 0.001, batch_size=220, generator=gen)
             preds.append(p)
             rads.append(r)
+        assert max(rads) <= max_certifiable_radius(0.5, 200, 0.001) + 1e-9
         results[sigma_train] = summarize_certification(y.tolist(), preds, rads)
-    noisy = results[0.25]
+    noisy = results[0.5]
     accs = list(noisy["certified_acc"].values())
     assert accs == sorted(accs, reverse=True)  # certified accuracy cannot grow with the radius
-    assert noisy["certified_acc"]["0"] >= 0.5 and noisy["acr"] > 0.15, noisy
-    assert noisy["acr"] > results[0.0]["acr"], results
+    assert noisy["certified_acc"]["0"] >= 0.6 and noisy["acr"] > 0.35, noisy
+    assert noisy["acr"] > 1.3 * results[0.0]["acr"], results
 
 
 # ---- gradient-masking diagnostics --------------------------------------------------------
