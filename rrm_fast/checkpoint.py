@@ -190,6 +190,42 @@ def _unsupported_global(message: str) -> str | None:
     return m.group(1) if m else None
 
 
+SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
+                        "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray", "_codecs.encode")
+
+
+def pickle_globals(path) -> list[str]:
+    """The classes/functions a pickle (or a torch zip checkpoint's data.pkl) would import, read
+    with pickletools' opcode parser - which never executes anything."""
+    import io
+    import pickletools
+    import zipfile
+
+    streams = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            streams = [io.BytesIO(z.read(n)) for n in z.namelist() if n.endswith(".pkl")]
+    else:
+        streams = [io.BytesIO(Path(path).read_bytes())]
+    found = []
+    for f in streams:
+        while True:  # a legacy torch file is several pickles back to back
+            strings = []
+            try:
+                for op, arg, _ in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # not (or no longer) a pickle: stop reading this stream
+                break
+            if f.tell() >= len(f.getbuffer()):
+                break
+    return found
+
+
 def read_state_dict(path) -> dict:
     """A flat {name: tensor} from a safetensors file or a legacy torch pickle, never running
     code: ``.pt``/``.pth`` go through ``torch.load(weights_only=True)``, which only rebuilds
@@ -211,7 +247,8 @@ def read_state_dict(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        needed = _unsupported_global(str(e))
+        needed = _unsupported_global(str(e)) or next(
+            (g for g in pickle_globals(path) if not g.startswith(SAFE_GLOBAL_PREFIXES)), None)
         out = path.with_suffix(".safetensors")
         if needed:
             raise UnsafeCheckpointError(

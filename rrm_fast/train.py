@@ -153,6 +153,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.teacher_arch is not None and cfg.teacher in ARCHS:
         raise ValueError(f"--teacher-arch names the architecture of a teacher FILE; --teacher {cfg.teacher} already "
                          "names an architecture to train (drop one of them)")
+    if METHODS[cfg.method].needs_teacher and cfg.teacher is None:  # before any data is loaded
+        raise ValueError(f"--method {cfg.method} needs a teacher: pass --teacher CKPT or --teacher ARCH")
 
 
 # --------------------------------------------------------------------------- run pieces
@@ -396,9 +398,9 @@ def sharded_eval(ctx, model, ds, **kw) -> dict:
     return res
 
 
-def precision_named(name: str, device) -> Precision:
+def precision_named(name: str, device, why: str) -> Precision:
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-    return Precision(dtype, device, f"{name} (as when the run started)")
+    return Precision(dtype, device, f"{name} ({why})")
 
 
 # --------------------------------------------------------------------------- the run
@@ -476,11 +478,13 @@ def train_run(cfg: TrainConfig, progress: bool = True, exist_ok: bool = False, r
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = make_schedule(cfg, optimizer, epochs * steps_per_epoch)
     if loaded is not None:
-        precision = precision_named(s_meta["precision"], device)
+        precision = precision_named(s_meta["precision"], device, "as when the run started")
     else:
         precision = resolve_precision(cfg.amp, device, student, next(iter(loader)) if cfg.amp else None)
         if ctx.enabled:  # a CPU bf16 speed probe may decide differently per rank; rank 0's choice holds
-            precision = precision_named(dist_util.broadcast_from_main(ctx, precision.name), device)
+            chosen = dist_util.broadcast_from_main(ctx, precision.name)
+            if chosen != precision.name:
+                precision = precision_named(chosen, device, "rank 0's choice")
     scaler = precision.scaler()
     grad_sync = dist_util.GradientAverager(ctx, student.parameters()) if ctx.enabled else None
     watch = FiniteWatch(device, tolerate_skips=precision.use_scaler)
@@ -851,7 +855,7 @@ def run_demo(args, progress) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # errors alone go to stderr
 
     def run():
         args = build_parser().parse_args(argv)

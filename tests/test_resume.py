@@ -1,0 +1,287 @@
+"""Exact resume: runs killed (SIGKILL at random checkpoints), stopped (SIGTERM, SIGINT) or
+crashed, then resumed, end with the same weights, metrics and test figures - bit for bit -
+as an uninterrupted run; damaged checkpoints are detected and the previous one is used."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rrm_fast import resume as resume_mod
+from rrm_fast import train as train_mod
+from rrm_fast.checkpoint import CheckpointError
+from rrm_fast.train import TrainConfig, train_run
+
+REPO = Path(__file__).resolve().parents[1]
+# (the RNG streams of attacks are exercised by the in-process crash tests below, which are cheaper)
+CLI_ARGS = ["--method", "natural", "--student", "cnn_small", "--epochs", "2", "--train-size", "300",
+            "--batch-size", "50", "--monitor-size", "100", "--monitor-steps", "1", "--eval-steps", "1", "--test-size", "100",
+            "--checkpoint-every", "2", "--no-progress"]
+TIMING = {"epoch_seconds", "images_per_second"}
+DEADLINE_S = 400  # bound on every polling loop (a loaded 2-core machine is slow to start python)
+
+
+def child_env():
+    # one thread everywhere: CPU float results may depend on the thread count
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def start(out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "rrm_fast.train", *CLI_ARGS, "--out", str(out), *extra],
+                            env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def committed_steps(run_dir: Path) -> list[int]:
+    return [step for step, _ in resume_mod.list_states(run_dir)]
+
+
+def same_run(ref: Path, other: Path, why: str) -> None:
+    a, b = load_file(str(ref / "final.safetensors")), load_file(str(other / "final.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{why}: weight {k} differs"
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (ref, other)]
+    assert rows[0] == rows[1], why
+    tests = [json.loads((d / "report.json").read_text())["test"] for d in (ref, other)]
+    assert {k: tests[0][k] for k in ("n", "clean_acc", "robust_acc")} == {k: tests[1][k] for k in ("n", "clean_acc", "robust_acc")}
+
+
+def test_killed_and_signalled_runs_resume_bit_identical(tmp_path):
+    """Five processes at once: an uninterrupted reference, three SIGKILLed as soon as a
+    checkpoint at or past a random step is committed and one SIGTERMed; then the four are
+    resumed (also at once) and compared with the reference bit for bit. (SIGINT is tested
+    in-process below.)"""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    # checkpoints land at steps 2, 4, 6 (end of epoch 1), 8, 10; the run has 12 steps
+    targets = {f"kill{i}": rng.choice([2, 4, 6, 8]) for i in range(3)}
+    targets.update(term=rng.choice([2, 4, 6]))
+    sig = {"term": signal.SIGTERM}
+    why = f"random seed {seed}, targets {targets}"
+
+    ref = start(tmp_path / "ref")
+    procs = {name: start(tmp_path / name) for name in targets}
+    live = dict(procs)
+    deadline = time.monotonic() + DEADLINE_S
+    while live and time.monotonic() < deadline:
+        try:  # the poll interval: waiting on a child (not sleeping), which returns at once if it dies
+            next(iter(live.values())).wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
+        for name, p in list(live.items()):
+            assert p.poll() is None, f"{name} ended before its target checkpoint ({why}): {p.stderr.read()[-800:]}"
+            steps = committed_steps(tmp_path / name)
+            if steps and steps[0] >= targets[name]:
+                if name in sig:
+                    p.send_signal(sig[name])
+                else:
+                    p.kill()
+                del live[name]
+    assert not live, f"no checkpoint reached in {DEADLINE_S}s: {sorted(live)}"
+
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=DEADLINE_S)
+        if name in sig:
+            assert p.returncode == 128 + sig[name], (name, p.returncode, err[-1500:])
+            last = err.strip().splitlines()[-1]
+            assert f"interrupted by {sig[name].name}" in last and f"--resume {tmp_path / name}" in last, err
+            assert "Traceback" not in err, err
+        else:
+            assert p.returncode == -signal.SIGKILL, (name, p.returncode)
+        assert len(committed_steps(tmp_path / name)) <= 2  # only the last two states are kept
+
+    resumed = {name: subprocess.Popen([sys.executable, "-m", "rrm_fast.train", "--resume", str(tmp_path / name),
+                                       "--no-progress"], env=child_env(), cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+               for name in targets}
+    _, ref_err = ref.communicate(timeout=DEADLINE_S)
+    assert ref.returncode == 0, ref_err
+    for name, p in resumed.items():
+        out, err = p.communicate(timeout=DEADLINE_S)
+        assert p.returncode == 0, (name, why, err[-1500:])
+        assert "resume: continuing" in out, out
+        same_run(tmp_path / "ref", tmp_path / name, f"{name} ({why})")
+
+
+# --------------------------------------------------------------------------- in-process crashes
+SMALL = dict(student="cnn_small", train_size=200, batch_size=50, monitor_size=50, monitor_steps=1, eval_steps=1,
+             test_size=50, checkpoint_every=2)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def crash_at_save(monkeypatch, n: int, before: bool):
+    """Make the n-th training-state save raise (before or after it commits), as a crash would."""
+    real = train_mod.save_state
+    calls = {"n": 0}
+
+    def save(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == n and before:
+            raise SimulatedCrash
+        path = real(*a, **kw)
+        if calls["n"] == n:
+            raise SimulatedCrash
+        return path
+
+    monkeypatch.setattr(train_mod, "save_state", save)
+
+
+@pytest.mark.parametrize("method, options, crash_n, before", [
+    # Free AT carries delta across minibatches: the state must restore it (1 epoch of 2 replays,
+    # crash right after the first mid-epoch state)
+    ("free_at", {"replays": 2}, 1, False),
+    # Fast AT: cyclic schedule, FGSM random starts, best-epoch tracking; crash at the epoch-1 end
+    # BEFORE its state commits - its metrics row is already written and must not be duplicated
+    ("fast_at", {}, 2, True),
+])
+def test_crash_then_resume_in_process(method, options, crash_n, before, tmp_path, monkeypatch):
+    cfg = dict(method=method, epochs=2, method_options=options, **SMALL)
+    ref = train_run(TrainConfig(out=str(tmp_path / "ref"), **cfg), progress=False)
+    crash_at_save(monkeypatch, crash_n, before)
+    with pytest.raises(SimulatedCrash):
+        train_run(TrainConfig(out=str(tmp_path / "run"), **cfg), progress=False)
+    monkeypatch.undo()
+    got = train_run(TrainConfig(out=str(tmp_path / "run"), **cfg), progress=False, resume=True)
+    same_run(tmp_path / "ref", tmp_path / "run", method)
+    assert got["epochs_run"] == ref["epochs_run"]
+
+
+@pytest.fixture(scope="module")
+def natural_ref(tmp_path_factory):
+    out = tmp_path_factory.mktemp("natural_ref")
+    train_run(TrainConfig(method="natural", epochs=1, out=str(out), **SMALL), progress=False)
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_ctrl_c_saves_at_the_next_step_and_exits_130(natural_ref, tmp_path, monkeypatch, capsys):
+    real_observe = train_mod.FiniteWatch.observe
+    calls = {"n": 0}
+
+    def observe(self, loss, step):
+        real_observe(self, loss, step)
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C while the third step runs
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(train_mod.FiniteWatch, "observe", observe)
+    handler_before = signal.getsignal(signal.SIGINT)
+    argv = ["--method", "natural", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    for k, v in SMALL.items():
+        argv += ["--" + k.replace("_", "-"), str(v)]
+    assert train_mod.main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted by SIGINT at epoch 1, batch 3 (step 3)"), err
+    assert f"--resume {tmp_path}" in err[-1]
+    assert resume_mod.list_states(tmp_path)[0][0] == 3  # saved at that step's boundary, not later
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
+    monkeypatch.undo()
+    assert train_mod.main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    same_run(natural_ref, tmp_path, "after Ctrl-C")
+
+
+def test_damaged_checkpoints_are_detected_and_skipped(natural_ref, tmp_path, capsys, monkeypatch):
+    # a run that crashed after the step-2 state, plus debris of a kill during the next write
+    run = tmp_path / "run"
+    crashed = TrainConfig(method="natural", epochs=1, out=str(run), **SMALL)
+    crash_at_save(monkeypatch, 1, before=False)
+    with pytest.raises(SimulatedCrash):
+        train_run(crashed, progress=False)
+    monkeypatch.undo()
+    state = run / "state"
+    good = sorted(state.glob("step-*.json"))
+    assert [p.name for p in good] == ["step-000000002.json"]
+    (state / ".step-000000004.safetensors.abc.tmp").write_bytes(b"half a file")
+    (state / "step-000000004.safetensors").write_bytes(b"no sidecar: never committed")
+    # a newer, committed-looking state whose tensor file is truncated
+    tensors_src = state / "step-000000002.safetensors"
+    (state / "step-000000003.safetensors").write_bytes(tensors_src.read_bytes()[:1000])
+    meta = json.loads((state / "step-000000002.json").read_text())
+    meta["step"] = 3
+    meta["sidecar_sha256"] = resume_mod._sidecar_digest(meta)
+    (state / "step-000000003.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    train_run(crashed, progress=False, resume=True)
+    said = capsys.readouterr().out
+    assert "skipping a damaged checkpoint" in said and "step-000000003.safetensors fails its sha256 check" in said
+    same_run(natural_ref, run, "fallback to the previous state")
+    assert not list(state.glob("*.tmp"))  # debris cleaned at the next save
+
+
+def test_every_damaged_state_is_an_error_and_an_edited_sidecar_is_caught(natural_ref, tmp_path):
+    tmp_path = copy_run(natural_ref, tmp_path / "run")
+    states = resume_mod.list_states(tmp_path)
+    assert len(states) == 2
+    newest, older = states[0][1], states[1][1]
+    meta = json.loads(newest.read_text())
+    meta["global_step"] += 1  # a plausible edit that leaves valid JSON
+    newest.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="fails its own checksum"):
+        resume_mod.read_state(newest)
+    older.write_text(older.read_text()[:-40])  # truncated JSON
+    with pytest.raises(CheckpointError, match="every training-state checkpoint .* is damaged"):
+        resume_mod.load_latest_state(tmp_path, say=lambda *_: None)
+
+
+def test_resume_refuses_changed_settings_and_reports_a_finished_run(natural_ref, tmp_path, capsys):
+    tmp_path = copy_run(natural_ref, tmp_path / "run")
+    cfg = TrainConfig(method="natural", epochs=1, out=str(tmp_path), **SMALL)
+    before = (tmp_path / "final.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert train_mod.main(["--resume", str(tmp_path), "--no-progress"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (tmp_path / "final.safetensors").stat().st_mtime_ns == before
+    assert train_mod.main(["--resume", str(tmp_path), "--lr", "0.1"]) == 2
+    assert "drop --lr" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="was started with lr=0.05, not 0.1"):
+        train_run(TrainConfig(**{**cfg.__dict__, "lr": 0.1}), progress=False, resume=True)
+
+
+def test_state_round_trip_helpers():
+    opt_state = {"state": {0: {"momentum_buffer": torch.arange(3.0)}, 5: {"step": torch.tensor(2.0)}},
+                 "param_groups": [{"lr": 0.1, "params": [0, 5], "betas": (0.9, 0.99), "foreach": None}],
+                 "scale": float("inf")}
+    tensors = {}
+    tree = resume_mod.split_tensors(opt_state, "optimizer", tensors)
+    back = resume_mod.join_tensors(json.loads(json.dumps(tree)), tensors)
+    assert set(back["state"]) == {0, 5} and torch.equal(back["state"][0]["momentum_buffer"], torch.arange(3.0))
+    assert back["param_groups"][0]["betas"] == [0.9, 0.99] and back["scale"] == float("inf")
+    import numpy as np
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    expect = (torch.rand(2), np.random.rand(), random.random())
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    with resume_mod.preserved_rng(torch.device("cpu")):
+        torch.rand(7), np.random.rand(5), random.random()
+    assert torch.equal(torch.rand(2), expect[0]) and np.random.rand() == expect[1] and random.random() == expect[2]
+
+
+def test_metrics_log_appends_whole_lines_and_truncates(tmp_path):
+    log = resume_mod.MetricsLog(tmp_path / "m.jsonl")
+    log.reset()
+    for e in range(3):
+        log.append({"epoch": e + 1})
+    with open(tmp_path / "m.jsonl", "a") as f:
+        f.write('{"epoch": 4, "lo')  # a crash mid-write
+    assert [r["epoch"] for r in log.rows()] == [1, 2, 3]
+    log.truncate(2)
+    assert (tmp_path / "m.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
