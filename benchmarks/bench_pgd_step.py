@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pgd_step.py                        # every op and shape, this machine
     python benchmarks/bench_pgd_step.py --ops linf_step --shapes 512x3x32x32 --no-compile
-    python benchmarks/bench_pgd_step.py --threads 2 1 --cpu-isas --markdown benchmarks/results/pgd_step_cpu.md
+    python benchmarks/bench_pgd_step.py --threads 2 1 --clock auto --cpu-isas --markdown benchmarks/results/pgd_step_cpu.md
 
 For each op and shape it times three variants on the same tensors, interleaved (so that
 noise from other processes hits them alike): `eager` (the idiomatic chain of PyTorch ops,
@@ -228,8 +228,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch.set_num_threads (CPU); several values: the whole run once per value")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
-                        help="wall time, or the calling thread's CPU time (CPU with --threads 1 only: robust on a busy machine)")
+    parser.add_argument("--clock", choices=[*CLOCKS, "auto"], default="wall",
+                        help="wall time, or the calling thread's CPU time (CPU with --threads 1 only: robust on a "
+                             "busy machine); auto: thread for 1-thread CPU runs, wall otherwise")
     parser.add_argument("--cpu-isas", nargs="*", default=None,
                         help="also time the fused CPU kernels of these instruction sets (no value: every one this CPU runs)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the results table here")
@@ -244,21 +245,26 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, python {platform.python_version()}, date {datetime.date.today()}",
         f"fused backend: {backend}" + (f" (CPU kernels: {isa})" if isa else ""),
         "eager: the chain of PyTorch ops (in place where possible); compiled: torch.compile(eager chain), inductor",
-        f"clock: {args.clock} ({'CPU time of the calling thread, which runs all the work with 1 thread' if args.clock == 'thread' else 'wall time'}); "
+        "clock: `wall` = wall time; `thread` = CPU time of the calling thread, which runs all the work with 1 "
+        "thread and is not inflated by other processes taking the cores",
         "median of interleaved repetitions after warm-up (synchronised on CUDA); `x eager` = eager median / variant median",
         "GB/s against the bytes the op must move: steps read delta, grad, x and write delta; starts read x, write delta",
     ]
     print("\n".join(header), flush=True)
-    if args.clock == "thread" and (device.type != "cpu" or (args.threads or [torch.get_num_threads()]) != [1]):
+    thread_counts = args.threads or [torch.get_num_threads()]
+    if args.clock == "thread" and (device.type != "cpu" or thread_counts != [1]):
         parser.error("--clock thread measures the calling thread only: use it on the CPU with --threads 1")
     cpu_isas = ()
     if args.cpu_isas is not None and device.type == "cpu" and backend == "cpp":
         cpu_isas = args.cpu_isas or _ext.extension("cpu").module.supported_cpu_isas()
     rows = []
-    for threads in args.threads or [torch.get_num_threads()]:
+    for threads in thread_counts:
         torch.set_num_threads(threads)
+        clock = args.clock
+        if clock == "auto":
+            clock = "thread" if device.type == "cpu" and threads == 1 else "wall"
         rows += run(args.ops, args.shapes, device, getattr(torch, args.grad_dtype), args.reps, not args.no_compile,
-                    cpu_isas, threads, args.clock)
+                    cpu_isas, threads, clock)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header.append(f"whole run {time.time() - started:.0f} s, load average at the end {load:.1f} "
                   "(other processes may share these cores)")
