@@ -176,8 +176,10 @@ def starvation(step, loader, staged, device, k: int, repeats: int) -> tuple[floa
     fed, pre = [], []
     for r in range(repeats):
         cursor = iter(range(10**9))
-        pre.append(timed_steps(step, lambda: staged[next(cursor) % len(staged)], k, device))
-        fed.append(timed_steps(step, feed.next, k, device))
+        run_pre = lambda: pre.append(timed_steps(step, lambda: staged[next(cursor) % len(staged)], k, device))  # noqa: E731
+        run_fed = lambda: fed.append(timed_steps(step, feed.next, k, device))  # noqa: E731
+        for run in ((run_pre, run_fed) if r % 2 == 0 else (run_fed, run_pre)):  # ABBA: cancels linear drift
+            run()
     med_fed, med_pre = statistics.median(fed) / k, statistics.median(pre) / k
     return med_fed / med_pre, med_fed, med_pre
 
