@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -235,7 +236,16 @@ TORCH_LIBRARY_IMPL(rrm_fast, Meta, m) {
 
 namespace {
 
-PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(rrm_fast::active_table().isa); }
+// The first use of the kernels reads RRM_FAST_CPU_ISA and may throw; no C++ exception may
+// cross into Python through these functions.
+PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(rrm_fast::active_table().isa);
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
 
 PyObject* py_supported_cpu_isas(PyObject*, PyObject*) {
   PyObject* names = PyList_New(0);
@@ -260,8 +270,13 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
                  isa);
     return nullptr;
   }
-  const rrm_fast::cpu::KernelTable* previous = rrm_fast::active_table_slot().exchange(table);
-  return PyUnicode_FromString(previous->isa);
+  try {
+    const rrm_fast::cpu::KernelTable* previous = rrm_fast::active_table_slot().exchange(table);
+    return PyUnicode_FromString(previous->isa);
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
 }
 
 PyMethodDef module_methods[] = {

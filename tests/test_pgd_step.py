@@ -497,6 +497,36 @@ def test_unknown_cpu_isa_is_refused():
         CPU_EXT.module.set_cpu_isa("sse9")
 
 
+ISA_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from rrm_fast import _ext
+    module = _ext.extension("cpu").module
+    d = torch.zeros(2, 3, 4, 4)
+    try:
+        torch.ops.rrm_fast.linf_step_(d, d.clone(), d.clone(), None, 0.1, 0.1, 0.0, 1.0, None)
+        print("isa", module.cpu_isa())
+    except RuntimeError as err:
+        print("error", str(err).splitlines()[0])
+    """
+)
+
+
+@pytest.mark.parametrize("requested", ["default", "sse9"])
+def test_cpu_isa_environment_switch(requested):
+    """RRM_FAST_CPU_ISA picks the CPU build; an unknown one fails with a message naming the fix."""
+    if not CPU_EXT.loaded:
+        pytest.skip("compiled extension not built")
+    env = dict(os.environ, RRM_FAST_CPU_ISA=requested)
+    result = subprocess.run([sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if requested == "default":
+        assert result.stdout.split() == ["isa", "default"]
+    else:
+        assert "RRM_FAST_CPU_ISA=sse9 is not available" in result.stdout
+        assert "use auto, default, avx2 or avx512" in result.stdout
+
+
 FALLBACK_SCRIPT = textwrap.dedent(
     """
     import warnings
