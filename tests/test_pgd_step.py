@@ -394,23 +394,45 @@ def test_opcheck(op_device):
         torch.library.opcheck(op, args)
 
 
+def two_steps(delta, grad, x, mask):
+    linf_step_(delta, grad, x, EPS, ALPHA, mask=mask)
+    l2_step_(delta, grad, x, L2_EPS, L2_ALPHA)
+    return delta
+
+
 @needs_ext
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile(op_device, backend):
+@pytest.mark.parametrize("backend, dynamic", [("aot_eager", False), ("aot_eager", True), ("inductor", False)])
+def test_torch_compile(op_device, backend, dynamic):
     """A PGD inner loop compiled with fullgraph=True (no graph break) matches eager."""
     torch._dynamo.reset()
-    delta, grad, x = make_batch((4, 3, 8, 8), torch.float16, op_device, seed=17)
-    mask = some_mask(4, op_device, seed=17)
+    compiled = torch.compile(two_steps, fullgraph=True, backend=backend, dynamic=dynamic)
+    for n in (4, 5) if dynamic else (4,):
+        delta, grad, x = make_batch((n, 3, 8, 8), torch.float16, op_device, seed=17 + n)
+        mask = some_mask(n, op_device, seed=17)
+        out = compiled(delta.clone(), grad, x, mask)
+        assert torch.equal(out, two_steps(delta.clone(), grad, x, mask))
 
-    def two_steps(delta, grad, x, mask):
-        linf_step_(delta, grad, x, EPS, ALPHA, mask=mask)
-        l2_step_(delta, grad, x, L2_EPS, L2_ALPHA)
-        return delta
 
-    compiled = torch.compile(two_steps, fullgraph=True, backend=backend)
-    out = compiled(delta.clone(), grad, x, mask)
-    expected = two_steps(delta.clone(), grad, x, mask)
-    assert torch.equal(out, expected)
+COMPILE_FIRST_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from rrm_fast.ops import linf_step_
+
+    def step(d, g, x):
+        return linf_step_(d, g, x, 0.03, 0.01)
+
+    d, g, x = torch.zeros(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    torch.compile(step, fullgraph=True, backend="aot_eager")(d, g, x)
+    print("ok")
+    """
+)
+
+
+@needs_ext
+def test_torch_compile_as_the_first_call():
+    """fullgraph compiles even when the op's first call ever is inside torch.compile."""
+    result = subprocess.run([sys.executable, "-c", COMPILE_FIRST_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------

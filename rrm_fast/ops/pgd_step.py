@@ -27,6 +27,10 @@ from .pgd_reference import l2_random_init_ref_, l2_step_ref_, linf_random_init_r
 
 _GRAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# Load the extensions now, not on first use: torch.compile cannot trace the first load (it
+# imports modules under a lock), and a fullgraph compile would stop there.
+_ext.extension("cpu")
+
 
 def pgd_backend(device_type: str | torch.device = "cpu") -> str:
     """What runs the PGD step ops for tensors on this device type:
