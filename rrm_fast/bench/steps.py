@@ -51,7 +51,7 @@ from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..runtime import resolve_device
 from .machine import LoadSampler, describe_load, describe_machine
-from .timing import interleaved_times
+from .timing import interleaved_times, per_round_median
 
 RRM_ACCEPTANCE = 1.10  # issue 8: RRM step <= 1.10 x (natural step + teacher forward) on CPU
 
@@ -158,12 +158,12 @@ def build_steps(device="cpu", batch_size: int = 128, student_arch: str = "cnn_wi
 
 def ratios(med: dict, pgd_steps) -> dict:
     """The benchmark's ratios from per-item median seconds (see the module docstring)."""
-    out = {"rrm_vs_natural_plus_teacher": med["rrm"] / (med["natural"] + med["teacher_forward"]),
+    out = {"rrm_vs_natural_plus_teacher": rrm_overhead(med),
            "rrm_vs_natural": med["rrm"] / med["natural"],
            "teacher_forward_vs_natural": med["teacher_forward"] / med["natural"]}
     for k in pgd_steps:
         ideal = k * med["attack_pass"] + med["natural"]
-        out[f"pgd_at_{k}_vs_ideal"] = med[f"pgd_at_{k}"] / ideal
+        out[f"pgd_at_{k}_vs_ideal"] = pgd_vs_ideal(med, k)
         out[f"pgd_at_{k}_vs_natural"] = med[f"pgd_at_{k}"] / med["natural"]
         if "no_grad_forward" in med and "linf_step_op" in med:
             # what PGD does beyond the ideal: k step ops and one more forward after the last step
@@ -172,11 +172,14 @@ def ratios(med: dict, pgd_steps) -> dict:
     return out
 
 
-def per_round_ratio(times: dict) -> float:
-    """Median over rounds of rrm_i / (natural_i + teacher_i): a check that the ratio of medians is
-    not an artefact of load drifting between items."""
-    r = [a / (b + c) for a, b, c in zip(times["rrm"], times["natural"], times["teacher_forward"])]
-    return statistics.median(r)
+def rrm_overhead(t: dict) -> float:
+    """rrm / (natural + teacher_forward) from one round's (or the medians') times."""
+    return t["rrm"] / (t["natural"] + t["teacher_forward"])
+
+
+def pgd_vs_ideal(t: dict, k: int) -> float:
+    """pgd_at_k / (k * attack_pass + natural) from one round's (or the medians') times."""
+    return t[f"pgd_at_{k}"] / (k * t["attack_pass"] + t["natural"])
 
 
 def run_steps(device="cpu", reps: int = 20, warmup: int = 3, **kw) -> dict:
@@ -187,7 +190,9 @@ def run_steps(device="cpu", reps: int = 20, warmup: int = 3, **kw) -> dict:
         seconds = time.perf_counter() - t0
     med = {k: statistics.median(v) for k, v in times.items()}
     rat = ratios(med, setup.pgd_steps)
-    rat["rrm_vs_natural_plus_teacher_per_round_median"] = per_round_ratio(times)
+    rat["rrm_vs_natural_plus_teacher_per_round_median"] = per_round_median(times, rrm_overhead)
+    for k in setup.pgd_steps:
+        rat[f"pgd_at_{k}_vs_ideal_per_round_median"] = per_round_median(times, lambda t: pgd_vs_ideal(t, k))
     return {"machine": describe_machine(setup.device), "load": load.stats(), "setup": setup.description,
             "reps": reps, "warmup": warmup, "seconds": seconds, "median_s": med,
             "quartiles_s": {k: [float(q) for q in statistics.quantiles(v, n=4)] if len(v) > 1 else [v[0]] * 3
@@ -218,6 +223,8 @@ def render_markdown(res: dict, command: str) -> str:
     for k in s["pgd_steps"]:
         lines.append(f"| pgd_at_{k} / ({k} x attack_pass + natural) | {rat[f'pgd_at_{k}_vs_ideal']:.3f} | PGD-{k} AT "
                      "step against its ideal (only the unavoidable passes) |")
+        lines.append(f"| same, median of per-round ratios | {rat[f'pgd_at_{k}_vs_ideal_per_round_median']:.3f} | "
+                     "check against load drift between items |")
         if f"pgd_at_{k}_explained" in rat:
             lines.append(f"| (ideal + {k} x linf_step_op + no_grad_forward) / ideal | {rat[f'pgd_at_{k}_explained']:.3f} | "
                          "what the ideal plus PGD's extra work predicts |")

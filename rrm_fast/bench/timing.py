@@ -56,3 +56,11 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
 def interleaved_medians(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
     """Median seconds of each call, timed round-robin (see ``interleaved_times``)."""
     return medians(interleaved_times(calls, device, reps=reps, warmup=warmup))
+
+
+def per_round_median(times: dict[str, list[float]], fn: Callable[[dict], float]) -> float:
+    """Median over rounds of ``fn(round)``, where ``round`` maps each name to its time in that
+    round. A ratio formed within a round compares timings taken seconds apart, so load that
+    drifts over the run cancels; gates use it, reports show it beside the ratio of medians."""
+    n = min(len(v) for v in times.values())
+    return statistics.median(fn({k: v[i] for k, v in times.items()}) for i in range(n))

@@ -1,0 +1,118 @@
+"""The benchmark harnesses' code paths on tiny budgets (no timing is asserted anywhere here):
+``python -m rrm_fast.bench claims`` end to end (a few hundred images, one epoch) writing its
+JSON, Markdown and PNG; the claim verdicts on hand-made curves; ``steps`` on a small batch;
+and the command dispatch."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rrm_fast.bench import claims, steps
+from rrm_fast.bench.__main__ import main as bench_main
+from rrm_fast.bench.timing import interleaved_times, per_round_median
+
+TINY = ["--train-size", "256", "--monitor-size", "64", "--test-size", "64", "--epochs", "1", "--teacher-epochs", "1",
+        "--attack-steps", "2", "--monitor-steps", "2", "--eval-steps", "3"]
+
+
+@pytest.mark.slow
+def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--out", str(out), "--runs-dir", str(runs), "--methods", "pgd_at,fast_at,free_at,rrm", *TINY]
+    assert claims.main(argv) == 0
+    res = json.loads((out / "claims.json").read_text())
+    assert list(res["rows"]) == ["pgd_at", "fast_at", "free_at", "rrm"]
+    for r in res["rows"].values():
+        assert r["curve"] and r["test"]["n"] == 64 and r["test"]["attack"] == "PGD-3" and r["train_seconds"] > 0
+    assert res["teacher"]["trained_in_this_session"] and res["teacher"]["train_seconds"] > 0
+    cl = res["claims"]
+    assert 0 <= cl["target"] <= 1
+    assert {(c["baseline"], c["teacher_included"]) for c in cl["test"]} == {
+        (b, t) for b in ("pgd_at", "fast_at", "free_at") for t in (False, True)}
+    assert all(isinstance(c["holds"], bool) for c in cl["test"] + cl["time_to_target"])
+    md = (out / "claims.md").read_text()
+    assert "## Claims" in md and "claims.png" in md and ("holds" in md or "DOES NOT HOLD" in md)
+    assert (out / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second invocation with the same settings reuses every finished run and says so
+    assert claims.main(argv) == 0
+    res2 = json.loads((out / "claims.json").read_text())
+    assert all(r["reused"] for r in res2["rows"].values())
+    assert "(reused run)" in (out / "claims.md").read_text()
+
+
+def _row(curve, test_robust, train_seconds, uses_teacher=False):
+    return {"curve": [{"epoch": i + 1, "seconds": t, "clean": 0.8, "robust": a} for i, (t, a) in enumerate(curve)],
+            "test_robust": test_robust, "train_seconds": train_seconds, "uses_teacher": uses_teacher}
+
+
+def test_claim_verdicts_on_hand_made_curves():
+    teacher = {"train_seconds": 10.0}
+    rows = {"pgd_at": _row([(100, 0.50), (200, 0.60)], 0.60, 200),  # target = 0.9 * 0.60 = 0.54
+            "fast_at": _row([(50, 0.40), (100, 0.45)], 0.45, 100),  # never reaches the target
+            "rrm": _row([(15, 0.50), (30, 0.56)], 0.55, 30, uses_teacher=True)}
+    cl = claims.compute_claims(rows, teacher, "pgd_at", 0.9, 0.2)
+    assert cl["target"] == pytest.approx(0.54)
+    test = {(c["baseline"], c["teacher_included"]): c for c in cl["test"]}
+    # 0.55 / 0.60 = 0.917 >= 0.9, and 30 s <= 0.2 * 200 s; with the teacher 40 s: still <= 40 s
+    assert test["pgd_at", False]["holds"] and test["pgd_at", False]["time_ratio"] == pytest.approx(0.15)
+    assert test["pgd_at", True]["holds"] and test["pgd_at", True]["rrm_seconds"] == pytest.approx(40)
+    ttt = {(c["baseline"], c["teacher_included"]): c for c in cl["time_to_target"]}
+    assert ttt["pgd_at", False]["speedup"] == pytest.approx(200 / 30)
+    assert ttt["pgd_at", True]["speedup"] == pytest.approx(200 / 40)
+    # a baseline that never reaches the target: the speed-up is a lower bound from its whole budget
+    assert ttt["fast_at", False]["speedup_is_lower_bound"] and ttt["fast_at", False]["speedup"] == pytest.approx(100 / 30)
+
+    # RRM too weak: the acceptance claim fails and says so
+    rows["rrm"] = _row([(15, 0.40), (30, 0.50)], 0.50, 30, uses_teacher=True)
+    cl = claims.compute_claims(rows, teacher, "pgd_at", 0.9, 0.2)
+    test = {(c["baseline"], c["teacher_included"]): c for c in cl["test"]}
+    assert not test["pgd_at", False]["holds"] and test["pgd_at", False]["robust_ratio"] == pytest.approx(0.5 / 0.6)
+    ttt = {(c["baseline"], c["teacher_included"]): c for c in cl["time_to_target"]}
+    assert ttt["pgd_at", False]["holds"] is False and ttt["pgd_at", False]["speedup"] is None
+
+    # RRM fast enough on accuracy but too slow: fails on the time ratio
+    rows["rrm"] = _row([(50, 0.56)], 0.58, 50, uses_teacher=True)
+    test = {(c["baseline"], c["teacher_included"]): c for c in claims.compute_claims(rows, teacher, "pgd_at", 0.9, 0.2)["test"]}
+    assert not test["pgd_at", False]["holds"] and test["pgd_at", False]["time_ratio"] == pytest.approx(0.25)
+
+
+def test_claims_without_reference_or_rrm_make_no_claims():
+    rows = {"rrm": _row([(10, 0.5)], 0.5, 10, True)}
+    assert claims.compute_claims(rows, None, "pgd_at", 0.9, 0.2)["notes"]
+    rows = {"pgd_at": _row([(10, 0.5)], 0.5, 10)}
+    cl = claims.compute_claims(rows, None, "pgd_at", 0.9, 0.2)
+    assert not cl["test"] and any("no rrm" in n for n in cl["notes"])
+
+
+def test_claims_rejects_unknown_methods(capsys):
+    assert claims.main(["--methods", "pgd_at,nonsense"]) == 2
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_steps_small_batch_report(tmp_path):
+    out = tmp_path / "steps.md"
+    assert steps.main(["--reps", "2", "--warmup", "1", "--batch-size", "8", "--pgd-steps", "2", "--out", str(out)]) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert set(res["median_s"]) == {"natural", "teacher_forward", "rrm", "attack_pass", "pgd_at_2", "no_grad_forward",
+                                    "linf_step_op"}
+    assert all(len(v) == 2 for v in res["times_s"].values())
+    assert res["ratios"]["rrm_vs_natural_plus_teacher"] > 0 and res["ratios"]["pgd_at_2_vs_ideal"] > 0
+    assert "rrm / (natural + teacher_forward)" in out.read_text()
+
+
+def test_interleaved_timing_rotates_and_pairs_rounds():
+    order = []
+    times = interleaved_times({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, steps.torch.device("cpu"),
+                              reps=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then each round starts one later
+    assert per_round_median({"x": [1.0, 2.0, 3.0], "y": [1.0, 1.0, 1.0]}, lambda t: t["x"] / t["y"]) == 2.0
+    assert all(len(v) == 3 for v in times.values())
+
+
+def test_bench_dispatch(capsys):
+    assert bench_main([]) == 2 and "claims" in capsys.readouterr().out
+    assert bench_main(["nonsense"]) == 2 and "unknown command" in capsys.readouterr().err
+    r = subprocess.run([sys.executable, "-m", "rrm_fast.bench", "steps", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--pgd-steps" in r.stdout
