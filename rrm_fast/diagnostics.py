@@ -165,7 +165,7 @@ def gradient_masking_checks(model, x, y, *, eps, norm="Linf", steps=20, batch_si
 
 
 def format_diagnostics(diag: dict, where: str = "") -> str:
-    lines = [f"gradient-masking diagnostics ({diag['n']} samples{', ' + where if where else ''}):"]
+    lines = [f"gradient-masking diagnostics ({where or str(diag['n']) + ' samples'}):"]
     for c in diag["checks"]:
         tag = "[ok]  " if c["ok"] else "[WARN]"
         lines.append(f"  {tag} {c['name']:<15} {c['message']}")
