@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rrm_fast import resume as resume_mod
 from rrm_fast import train as train_mod
