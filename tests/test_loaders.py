@@ -83,26 +83,32 @@ def test_crop_offsets_within_padding_and_flip_rate(kind, pad, flip):
     loader = make_loader(kind, ds, 500, train=True, seed=0)
     x = torch.cat([b[0] for b in collect(loader)])
     v = (x[:, 0] * 255).round().long()  # (N, hw, hw); 0 where the crop reaches into the padding
-    offsets, flips = [], []
+    nz = v > 0
+    assert nz.flatten(1).any(1).all()
     rr, cc = torch.meshgrid(torch.arange(hw), torch.arange(hw), indexing="ij")
-    for img in v:
-        nz = img > 0
-        assert nz.any()
-        src_r, src_c = (img - 1) // hw, (img - 1) % hw
-        # unflipped: src_c - c is constant; flipped: src_c + c is constant
-        flipped = bool(nz.sum() > 1 and (src_c + cc)[nz].unique().numel() == 1 and (src_c - cc)[nz].unique().numel() > 1)
-        oy = (src_r - rr)[nz].unique()
-        ox = ((src_c + cc) - (hw - 1) if flipped else (src_c - cc))[nz].unique()
-        assert oy.numel() == 1 and ox.numel() == 1, "a crop must be a rigid shift of the source"
-        oy, ox = int(oy) + pad, int(ox) + pad
-        assert 0 <= oy <= 2 * pad and 0 <= ox <= 2 * pad
-        # exactly the out-of-bounds pixels are zero (zero padding)
-        src_row = rr + oy - pad
-        src_col = (hw - 1 - cc if flipped else cc) + ox - pad
-        inside = (src_row >= 0) & (src_row < hw) & (src_col >= 0) & (src_col < hw)
-        assert torch.equal(nz, inside)
-        offsets.append((oy, ox))
-        flips.append(flipped)
+    src_r, src_c = (v - 1) // hw, (v - 1) % hw
+
+    def constant(t):  # per image: is t the same at every in-bounds pixel? and that value
+        hi = torch.where(nz, t, -10**6).amax((1, 2))
+        lo = torch.where(nz, t, 10**6).amin((1, 2))
+        return hi == lo, hi
+
+    # a crop is a rigid shift of the source: src_c - c constant (unflipped) or src_c + c (flipped)
+    const_minus, shift_minus = constant(src_c - cc)
+    const_plus, shift_plus = constant(src_c + cc)
+    const_rows, shift_rows = constant(src_r - rr)
+    assert const_rows.all() and (const_minus ^ const_plus).all(), "a crop must be a rigid shift of the source"
+    flipped = const_plus
+    oy = shift_rows + pad
+    ox = torch.where(flipped, shift_plus - (hw - 1), shift_minus) + pad
+    assert ((0 <= oy) & (oy <= 2 * pad) & (0 <= ox) & (ox <= 2 * pad)).all()
+    # exactly the out-of-bounds pixels are zero (zero padding)
+    src_row = rr + oy[:, None, None] - pad
+    src_col = torch.where(flipped[:, None, None], hw - 1 - cc, cc) + ox[:, None, None] - pad
+    inside = (src_row >= 0) & (src_row < hw) & (src_col >= 0) & (src_col < hw)
+    assert torch.equal(nz, inside)
+    offsets = list(zip(oy.tolist(), ox.tolist()))
+    flips = flipped.tolist()
     rate = sum(flips) / len(flips)
     if flip:
         assert 0.45 < rate < 0.55, f"flip rate {rate}"

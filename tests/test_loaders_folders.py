@@ -20,6 +20,9 @@ from rrm_fast.data import (RESTRICTED_IMAGENET_RANGES, DatasetError, FolderDatas
 KINDS = ["torch", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="DALI not installed"))]
 STEP = 40  # colour levels STEP apart survive JPEG and bilinear resizing of a flat image
 RES = 24
+# In-process torch loading keeps most tests fast; the sample-once and unreadable-image tests
+# run a worker process to cover PIL decoding and error reporting across the process boundary.
+WORKERS = {"torch": 0, "dali": 1}
 
 
 def _colour(i: int, label: int) -> tuple[int, int, int]:
@@ -86,7 +89,7 @@ def test_folder_identical_seeds_identical_batches(tree, kind):
     ds = load_dataset("imagefolder", "train", str(root), resolution=RES)
     runs = []
     for seed in (1, 1, 2):
-        loader = make_loader(kind, ds, 6, train=True, seed=seed, num_workers=1)
+        loader = make_loader(kind, ds, 6, train=True, seed=seed, num_workers=WORKERS[kind])
         loader.set_epoch(1)
         runs.append([(x.clone(), y.clone()) for x, y in loader])
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], runs[1], strict=True))
@@ -102,7 +105,7 @@ def test_folder_flip_rate_and_crops_vary(tmp_path, kind):
     for i in range(300):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
     ds = load_dataset("imagefolder", "train", str(tmp_path), resolution=16)
-    x = torch.cat([x for x, _ in make_loader(kind, ds, 100, train=True, seed=0, num_workers=1)])
+    x = torch.cat([x for x, _ in make_loader(kind, ds, 100, train=True, seed=0, num_workers=WORKERS[kind])])
     left, right = x[:, :, :, :4].mean(dim=(1, 2, 3)), x[:, :, :, -4:].mean(dim=(1, 2, 3))
     informative = (left - right).abs() > 0.5  # crops that straddle the boundary
     assert informative.sum() > 100
@@ -117,7 +120,7 @@ def test_folder_sharding_partitions(tree, kind):
     ds = load_dataset("imagefolder", "train", str(root), resolution=RES)
     seen = []
     for rank in range(2):
-        loader = make_loader(kind, ds, 4, train=False, rank=rank, world_size=2, num_workers=1)
+        loader = make_loader(kind, ds, 4, train=False, rank=rank, world_size=2, num_workers=WORKERS[kind])
         seen += _decode(torch.cat([x for x, _ in loader]))[0]
     assert sorted(seen) == list(range(n))
 
@@ -126,7 +129,7 @@ def test_folder_sharding_partitions(tree, kind):
 def test_folder_resume_same_images(tree, kind):
     root, _ = tree
     ds = load_dataset("imagefolder", "train", str(root), resolution=RES)
-    loader = make_loader(kind, ds, 4, train=True, seed=5, num_workers=1)
+    loader = make_loader(kind, ds, 4, train=True, seed=5, num_workers=WORKERS[kind])
     full = [y.clone() for _, y in loader]
     loader.set_start_batch(2)
     resumed = [(x.clone(), y.clone()) for x, y in loader]
