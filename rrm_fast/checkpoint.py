@@ -35,8 +35,9 @@ class UnsafeCheckpointError(CheckpointError):
     """A pickle that would run code (or import classes) to load; never executed here."""
 
 
-CONVERT_HINT = ("if you trust the file, convert it once: python -c 'import torch; from safetensors.torch import save_file; "
-                "sd = torch.load(\"{path}\", weights_only=False); sd = sd.get(\"state_dict\", sd); "
+CONVERT_HINT = ("If you trust the file, convert it once: python -c 'import torch; from safetensors.torch import save_file; "
+                "o = torch.load(\"{path}\", weights_only=False); "
+                "sd = o.state_dict() if hasattr(o, \"state_dict\") else o.get(\"state_dict\", o); "
                 "save_file({{k: v.contiguous() for k, v in sd.items()}}, \"{out}\")' (only for files you trust)")
 
 

@@ -151,3 +151,14 @@ def test_a_teacher_file_without_sidecar_asks_for_its_architecture(tmp_path, caps
     rc = train_mod.main(["--method", "kd", "--teacher", str(path), "--no-progress", "--out", str(tmp_path / "o"),
                          "--train-size", "100", "--monitor-size", "50"])
     assert rc == 2 and "--teacher-arch" in capsys.readouterr().err
+
+
+def test_the_conversion_command_in_the_message_works_on_a_trusted_file(tmp_path):
+    path = tmp_path / "whole_module.pt"
+    torch.save(create_model("cnn_small"), path)  # a pickled nn.Module: needs code, refused
+    with pytest.raises(UnsafeCheckpointError) as e:
+        read_state_dict(path)
+    code = re.search(r"python -c '(.+?)' \(only for files you trust\)", str(e.value)).group(1)
+    exec(code, {})  # what a user would run for a file they trust
+    dst = create_model("cnn_small")
+    load_weights_into(dst, path.with_suffix(".safetensors"))
