@@ -22,7 +22,7 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     argv = ["--out", str(out), "--runs-dir", str(runs), "--methods", "pgd_at,fast_at,free_at,rrm", *TINY]
     assert claims.main(argv) == 0
     res = json.loads((out / "claims.json").read_text())
-    assert list(res["rows"]) == ["pgd_at", "fast_at", "free_at", "rrm"]
+    assert res["method_order"] == ["pgd_at", "fast_at", "free_at", "rrm"] and set(res["rows"]) == set(res["method_order"])
     for r in res["rows"].values():
         assert r["curve"] and r["test"]["n"] == 64 and r["test"]["attack"] == "PGD-3" and r["train_seconds"] > 0
     assert res["teacher"]["trained_in_this_session"] and res["teacher"]["train_seconds"] > 0

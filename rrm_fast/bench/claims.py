@@ -457,6 +457,7 @@ def run_claims(args, argv) -> dict:
            "wall_seconds": time.perf_counter() - t0, "quick": args.quick,
            "machine": describe_machine(next(iter(rows.values()))["device"] if rows else "cpu"),
            "load": load.stats(), "settings": settings, "teacher": teacher, "rows": rows,
+           "method_order": list(rows),  # the JSON file sorts keys; this keeps --methods' order
            "plot": "claims.png"}
     res["claims"] = compute_claims(rows, teacher, args.reference, args.target_fraction, args.time_fraction)
     plot(res, out / "claims.png")
