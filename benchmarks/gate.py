@@ -16,6 +16,7 @@ KIND VALUE`` (read-modify-write: the other keys and kinds are kept).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -42,6 +43,26 @@ def synchronised(fn, device: torch.device = DEVICE):
         torch.cuda.synchronize(device)
         return out
     return call
+
+
+@contextlib.contextmanager
+def gate_clock():
+    """The clock a gate times with, and the thread count it needs.
+
+    CPU: one torch thread and the calling thread's CPU time. On a shared machine, wall time
+    with 2 threads measured how often OpenMP's barrier waited for a descheduled thread (the
+    same step took 2.4x longer with 2 threads than with 1 at load 10 on 2 cores), not the code;
+    a single thread's CPU time is the work itself. CUDA: synchronised wall time.
+    """
+    if DEVICE.type != "cpu":
+        yield "wall"
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield "thread"
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_floors() -> dict:

@@ -6,7 +6,8 @@
 Everything is measured in one process, round-robin (each round times every item once, in
 turn, starting one item later each round), after warm-up rounds; medians over the rounds.
 So load from other processes on a shared machine falls on all items alike and the ratios
-below compare numbers from the same minutes.
+below compare numbers from the same minutes. ``--threads 1 --clock thread`` times the CPU
+work of the one computing thread instead of wall time: on a loaded machine, the fair figure.
 
 Items (the student is the demo's: ``cnn_wide`` with RRM's projection to the teacher's phi
 width and the teacher's head copied in; the same student for every method; channels_last
@@ -51,7 +52,7 @@ from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..runtime import resolve_device
 from .machine import LoadSampler, describe_load, describe_machine
-from .timing import interleaved_times, per_round_median
+from .timing import CLOCKS, check_clock, interleaved_times, per_round_median
 
 RRM_ACCEPTANCE = 1.10  # issue 8: RRM step <= 1.10 x (natural step + teacher forward) on CPU
 
@@ -182,11 +183,13 @@ def pgd_vs_ideal(t: dict, k: int) -> float:
     return t[f"pgd_at_{k}"] / (k * t["attack_pass"] + t["natural"])
 
 
-def run_steps(device="cpu", reps: int = 20, warmup: int = 3, **kw) -> dict:
+def run_steps(device="cpu", reps: int = 20, warmup: int = 3, clock: str = "wall", **kw) -> dict:
+    device = resolve_device(device) if isinstance(device, str) else device
+    check_clock(clock, device)
     setup = build_steps(device, **kw)
     with LoadSampler(interval=5.0) as load:
         t0 = time.perf_counter()
-        times = interleaved_times(setup.calls, setup.device, reps=reps, warmup=warmup)
+        times = interleaved_times(setup.calls, setup.device, reps=reps, warmup=warmup, clock=clock)
         seconds = time.perf_counter() - t0
     med = {k: statistics.median(v) for k, v in times.items()}
     rat = ratios(med, setup.pgd_steps)
@@ -194,7 +197,7 @@ def run_steps(device="cpu", reps: int = 20, warmup: int = 3, **kw) -> dict:
     for k in setup.pgd_steps:
         rat[f"pgd_at_{k}_vs_ideal_per_round_median"] = per_round_median(times, lambda t: pgd_vs_ideal(t, k))
     return {"machine": describe_machine(setup.device), "load": load.stats(), "setup": setup.description,
-            "reps": reps, "warmup": warmup, "seconds": seconds, "median_s": med,
+            "reps": reps, "warmup": warmup, "clock": clock, "seconds": seconds, "median_s": med,
             "quartiles_s": {k: [float(q) for q in statistics.quantiles(v, n=4)] if len(v) > 1 else [v[0]] * 3
                             for k, v in times.items()},
             "times_s": times, "ratios": rat, "rrm_acceptance": RRM_ACCEPTANCE,
@@ -209,7 +212,10 @@ def render_markdown(res: dict, command: str) -> str:
              f"Student {s['student']}, teacher {s['teacher']}, batch {s['batch']} of {'x'.join(map(str, s['input']))} "
              f"{s['data']} images, channels_last={s['channels_last']}, {s['precision']}, {s['optimizer']}; "
              f"PGD L-inf eps {s['eps']:g}, step {s['pgd_alpha']:g}. RRM feature term: {s['feature_loss']}. "
-             f"{res['reps']} round-robin rounds after {res['warmup']} warm-up rounds; median and quartiles per item.", "",
+             f"{res['reps']} round-robin rounds after {res['warmup']} warm-up rounds; median and quartiles per item; "
+             + ("wall-clock time (synchronised)." if res["clock"] == "wall" else
+                "CPU time of the (single) computing thread: the work itself, without the time other processes held "
+                "the core (they still share caches and memory bandwidth)."), "",
              "| item | median ms | quartiles ms | x natural |", "|---|---:|---:|---:|"]
     for k, v in med.items():
         lines.append(f"| {k} | {1e3 * v:.1f} | {1e3 * q[k][0]:.1f} - {1e3 * q[k][2]:.1f} | {v / med['natural']:.2f} |")
@@ -247,6 +253,9 @@ def build_parser():
     p.add_argument("--alpha", type=float, default=0.025, help="PGD step (default 0.025, METHODS.md)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--clock", choices=CLOCKS, default="wall",
+                   help="wall: synchronised wall time; thread: CPU time of the calling thread (CPU, --threads 1 only), "
+                        "which other processes on a shared machine cannot inflate")
     p.add_argument("--out", default=None, help="Markdown report; a .json with the raw times is written beside it")
     return p
 
@@ -261,7 +270,7 @@ def main(argv=None) -> int:
         pgd = tuple(int(k) for k in args.pgd_steps.split(",") if k.strip())
         if not pgd or min(pgd) < 1:
             raise ValueError(f"--pgd-steps needs positive integers (got {args.pgd_steps!r})")
-        res = run_steps(args.device, reps=args.reps, warmup=args.warmup, batch_size=args.batch_size,
+        res = run_steps(args.device, reps=args.reps, warmup=args.warmup, clock=args.clock, batch_size=args.batch_size,
                         student_arch=args.student, teacher_arch=args.teacher, pgd_steps=pgd, alpha=args.alpha,
                         channels_last=args.channels_last)
         command = "python -m rrm_fast.bench steps " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -19,7 +19,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn: Callable, device: torch.device) -> float:
+CLOCKS = ("wall", "thread")
+
+
+def check_clock(clock: str, device: torch.device) -> None:
+    """``thread`` (CPU time of the calling thread) measures the work without the time other
+    processes hold the core - but only all of it when the work runs on that one thread."""
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
+    if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("the thread clock needs a CPU run with 1 torch thread (--threads 1): with more, or on a GPU, "
+                         "the work runs outside the calling thread and its time would not be counted")
+
+
+def time_once(fn: Callable, device: torch.device, clock: str = "wall") -> float:
+    if clock == "thread":
+        t0 = time.thread_time()
+        fn()
+        return time.thread_time() - t0
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -28,14 +45,16 @@ def time_once(fn: Callable, device: torch.device) -> float:
 
 
 def interleaved_times(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
-                      rotate: bool = True) -> dict[str, list[float]]:
+                      rotate: bool = True, clock: str = "wall") -> dict[str, list[float]]:
     """Seconds of each call in each of ``reps`` rounds (after ``warmup`` untimed rounds).
 
     ``rotate`` starts each round at the next call, so no call always runs first after the
-    previous round's last (caches, allocator, thermal state are shared alike).
+    previous round's last (caches, allocator, thermal state are shared alike). ``clock``:
+    "wall" (synchronised wall time) or "thread" (CPU time of this thread; see check_clock).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1 (got {reps})")
+    check_clock(clock, device)
     names = list(calls)
     for _ in range(warmup):
         for name in names:
@@ -45,7 +64,7 @@ def interleaved_times(calls: dict[str, Callable], device: torch.device, reps: in
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)] if rotate else names
         for name in order:
-            times[name].append(time_once(calls[name], device))
+            times[name].append(time_once(calls[name], device, clock))
     return times
 
 
