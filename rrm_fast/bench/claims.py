@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from ..checkpoint import atomic_write_json
 from ..errors import run_cli
 from ..methods import METHODS
 from ..train import TrainConfig, train_run
-from .machine import LoadSampler, describe_load, describe_machine
+from .machine import LoadSampler, describe_load, describe_machine, summary as machine_summary
 
 CORE_METHODS = ("pgd_at", "fast_at", "free_at", "rrm")
 # peers whose target is empirical L-inf robustness (CRT / Gaussian augmentation aim at certified L2
@@ -171,14 +172,29 @@ def run_one(name: str, cfg: TrainConfig, progress: bool) -> dict:
         meta["reused"] = True
         return {"report": report, **meta}
     print(f"== {name}", flush=True)
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    started, started_epoch = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
     with LoadSampler(interval=15.0) as load:
         t0 = time.perf_counter()
         report = train_run(cfg, progress=progress, exist_ok=True)
         wall = time.perf_counter() - t0
-    meta = {"wall_seconds": wall, "started": started, "load": load.stats(), "reused": False}
+    meta = {"wall_seconds": wall, "started": started, "started_epoch": started_epoch, "load": load.stats(),
+            "torch_threads": torch.get_num_threads(), "reused": False}
     atomic_write_json(meta_path, meta)
     return {"report": report, **meta}
+
+
+def run_span(run: dict) -> tuple[float, float]:
+    """(start, end) of a run in seconds since the epoch."""
+    start = run.get("started_epoch") or time.mktime(time.strptime(run["started"], "%Y-%m-%d %H:%M:%S"))
+    return start, start + run["wall_seconds"]
+
+
+def merge_loads(loads: list[dict]) -> dict:
+    """One load summary for several runs: extremes over all, median of the runs' medians."""
+    return {"cores": loads[0]["cores"], "start": loads[0]["start"], "end": loads[-1]["end"],
+            "min": min(x["min"] for x in loads), "median": statistics.median(x["median"] for x in loads),
+            "max": max(x["max"] for x in loads), "samples": sum(x["samples"] for x in loads),
+            "interval_s": loads[0]["interval_s"]}
 
 
 def teacher_info(report_path: str | None, trained_here: bool) -> dict | None:
@@ -285,18 +301,20 @@ def render_markdown(res: dict) -> str:
     s, m, cl = res["settings"], res["machine"], res["claims"]
     t = res["teacher"]
     lines = [f"# Claims: robust accuracy against training time ({s['dataset']}, {m['device']})", "",
-             f"Produced by `{res['command']}`, {res['started']} to {res['finished']} ({res['wall_seconds'] / 60:.1f} min), "
-             f"on {m['summary']}; {describe_load(res['load'])} during the run. The machine was shared: "
-             "absolute times are this machine's under this load; all methods ran in the same session, so the ratios "
-             "compare like with like.", ""]
+             f"Produced by `{res['command']}`: runs from {res['started']} to {res['finished']} "
+             f"({res['wall_seconds'] / 60:.1f} min), on {m['summary']}; {describe_load(res['load'])} during the runs "
+             f"(median of the runs' medians). The machine was shared: absolute times are this machine's under "
+             "this load; all methods ran in the same session, so the ratios compare like with like."
+             + (f" Rendered {res['rendered']}, reusing the finished runs of an earlier invocation "
+                f"({', '.join(res['reused_runs'])}) with their own times." if res["reused_runs"] else ""), ""]
     if res["quick"]:
         lines += ["**Quick run** (`--quick`): a pipeline check on a tiny budget; its figures support no claim.", ""]
     lines += [f"Setup: student `{s['student']}` for every method, {s['train_size']} training images "
               f"(+{s['monitor_size']} held out from the training split for the curves), batch {s['batch_size']}, "
-              f"{s['epochs']} epochs (Free AT: {s['epochs']} / {s['free_at_replays']} replays rounded, at least 1), "
+              f"{s['epochs']} epoch(s) (Free AT: {s['epochs']} / {s['free_at_replays']} replays, rounded, at least 1), "
               f"SGD lr {s['lr']} momentum {s['momentum']} wd {s['weight_decay']}, cosine schedule (cyclic for Fast AT), "
               f"fp32, channels_last. L-inf eps = {s['eps']:g}; training PGD {s['attack_steps']} steps of {s['alpha']:g}. "
-              + (f"Teacher: `{t['arch']}` trained by `{t['method']}` for {t['epochs_run']} epochs on the same images"
+              + (f"Teacher: `{t['arch']}` trained by `{t['method']}` for {t['epochs_run']} epoch(s) on the same images"
                  f"{'' if t['trained_in_this_session'] else ' (reused from the cache, trained in an earlier session)'}; "
                  "RRM's student starts with the teacher's head (the demo's setting)." if t else ""), "",
               f"Curves: clean and {s['monitor_attack']} accuracy on the held-out training slice at each epoch end, against "
@@ -424,40 +442,48 @@ def run_claims(args, argv) -> dict:
         print(f"note: --reference {args.reference} is not among --methods: no target, no claims")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started, started_epoch = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
-    rows, teacher = {}, None
-    t0 = time.perf_counter()
+    rows, runs, teacher_report = {}, {}, None
     # Methods with a teacher run first (the teacher is trained by the first of them): on a shared
     # machine whose load eases as the session goes on, that order favours the baselines, not RRM.
     # Each run's own load is recorded beside its times.
     order = sorted(configs, key=lambda nc: not METHODS[nc[0]].needs_teacher)
-    with LoadSampler(interval=30.0) as load:
-        for name, cfg in order:
-            run = run_one(name, cfg, args.progress)
-            rep = run["report"]
-            if rep.get("teacher_report") and teacher is None:
-                # trained in this session iff its report was written after this harness started
-                trained_here = Path(rep["teacher_report"]).stat().st_mtime >= started_epoch
-                teacher = teacher_info(rep["teacher_report"], trained_here=trained_here)
-            rows[name] = {"method": name, "uses_teacher": METHODS[name].needs_teacher, "epochs_run": rep["epochs_run"],
-                          "train_seconds": rep["train_seconds"], "images_per_second": rep["images_per_second"],
-                          "wall_seconds": run["wall_seconds"], "reused": run["reused"], "run_load": run["load"],
-                          "curve": read_curve(Path(cfg.out) / "metrics.jsonl"), "test_clean": rep["test"]["clean_acc"],
-                          "test_robust": rep["test"]["robust_acc"], "test": rep["test"],
-                          "stopped_early": rep["stopped_early"], "run_dir": cfg.out, "precision": rep["precision"],
-                          "device": rep["device"]}
+    for name, cfg in order:
+        run = runs[name] = run_one(name, cfg, args.progress)
+        rep = run["report"]
+        teacher_report = teacher_report or rep.get("teacher_report")
+        rows[name] = {"method": name, "uses_teacher": METHODS[name].needs_teacher, "epochs_run": rep["epochs_run"],
+                      "train_seconds": rep["train_seconds"], "images_per_second": rep["images_per_second"],
+                      "wall_seconds": run["wall_seconds"], "reused": run["reused"], "run_load": run["load"],
+                      "curve": read_curve(Path(cfg.out) / "metrics.jsonl"), "test_clean": rep["test"]["clean_acc"],
+                      "test_robust": rep["test"]["robust_acc"], "test": rep["test"],
+                      "stopped_early": rep["stopped_early"], "run_dir": cfg.out, "precision": rep["precision"],
+                      "device": rep["device"], "started": run["started"], "torch_threads": run.get("torch_threads")}
     rows = {name: rows[name] for name, _ in configs}  # table order: as --methods lists them
+    # the session = the runs' own span (runs reused from an earlier invocation keep their times)
+    spans = [run_span(r) for r in runs.values()]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    teacher = None
+    if teacher_report:
+        # trained in this session iff its report was written while these runs were going
+        mtime = Path(teacher_report).stat().st_mtime
+        teacher = teacher_info(teacher_report, trained_here=first <= mtime <= last)
+    machine = describe_machine(next(iter(rows.values()))["device"])
+    threads = {r["torch_threads"] for r in rows.values() if r["torch_threads"] is not None}
+    if len(threads) == 1:  # the threads the runs used, not this (possibly re-rendering) process's
+        machine["torch_threads"] = threads.pop()
+        machine["summary"] = machine_summary(machine)
     base = configs[0][1]
     free_at_replays = METHODS["free_at"].options["replays"].default
     settings = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("method", "teacher", "out", "head_init")}
     settings.update(teacher=args.teacher, free_at_replays=free_at_replays, quick=args.quick,
                     monitor_attack=f"PGD-{base.monitor_steps}", eval_attack=f"PGD-{base.eval_steps}")
     res = {"command": "python -m rrm_fast.bench claims " + " ".join(shlex.quote(a) for a in argv),
-           "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "wall_seconds": time.perf_counter() - t0, "quick": args.quick,
-           "machine": describe_machine(next(iter(rows.values()))["device"] if rows else "cpu"),
-           "load": load.stats(), "settings": settings, "teacher": teacher, "rows": rows,
-           "method_order": list(rows),  # the JSON file sorts keys; this keeps --methods' order
+           "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first)),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)),
+           "wall_seconds": last - first, "rendered": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "reused_runs": [n for n, r in rows.items() if r["reused"]], "quick": args.quick, "machine": machine,
+           "load": merge_loads([r["load"] for r in runs.values()]), "settings": settings, "teacher": teacher,
+           "rows": rows, "method_order": list(rows),  # the JSON file sorts keys; this keeps --methods' order
            "plot": "claims.png"}
     res["claims"] = compute_claims(rows, teacher, args.reference, args.target_fraction, args.time_fraction)
     plot(res, out / "claims.png")
