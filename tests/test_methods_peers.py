@@ -417,3 +417,14 @@ def test_docs_method_table_lists_every_method_with_its_flags_and_defaults():
         for key, opt in cls.options.items():
             shown = f"{opt.default:g}" if isinstance(opt.default, (int, float)) else str(opt.default)
             assert f"`--{key.replace('_', '-')}` ({shown}" in rows[name], (name, key, shown)
+
+
+def test_compare_flags_divergence_from_the_epoch_log(tmp_path):
+    from rrm_fast.bench.compare import training_notes
+    lines = [{"epoch": 1, "loss": 2.1}, {"epoch": 2, "loss": 0.9}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    assert training_notes(tmp_path) == []
+    for bad in (8.9e5, float("nan"), float("inf")):
+        lines[0]["loss"] = bad
+        (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+        assert training_notes(tmp_path) and "epoch-1" in training_notes(tmp_path)[0], bad

@@ -35,10 +35,13 @@ from ..train import TrainConfig, train_run
 
 METHOD_ORDER = ("natural", "pgd_at", "fast_at", "free_at", "rrm", "rslad", "kdiga", "ard", "kd", "trades", "crt")
 # extra rows: a method with one setting changed. crt_chain: CRT with its own gaussian_aug teacher
-# (the paper's setting); rrm_random_head: RRM without --head-init teacher, to show what the
-# head copy is worth at this budget (lambda_x = 0.005 trains a random head slowly).
+# (the paper's setting); rrm_teacher_head: RRM with the built-in demo's --head-init teacher (the
+# student's classifier starts as a copy of the teacher's), to show what that copy is worth.
 VARIANTS = {"crt_chain": ("crt", {"teacher_method": "gaussian_aug"}),
-            "rrm_random_head": ("rrm", {"head_init": "random"})}
+            "rrm_teacher_head": ("rrm", {"head_init": "teacher"})}
+# a training loss above this (or not finite) is reported as divergence: CE at chance is log(C) and a
+# distillation KL is bounded by the teacher's entropy, so no method here legitimately comes near it
+DIVERGED_LOSS = 1e3
 
 # the recorded comparison's budget (benchmarks/results/method_comparison_fmnist.md), sized for a
 # shared 2-core CPU: two epochs of 6000 images, PGD-20 on the first 1000 test images
@@ -57,9 +60,9 @@ def build_parser():
     p.add_argument("--student", default="cnn_small", help="the one student architecture every method trains")
     p.add_argument("--teacher", default="cnn_small", help="architecture of the shared teacher")
     p.add_argument("--teacher-method", default="fast_at", help="how the shared teacher is trained")
-    p.add_argument("--head-init", default="teacher", choices=["random", "teacher"],
-                   help="applied to every method with a teacher (default teacher: the student starts with a copy of "
-                        "the teacher's classifier, as the RRM demo does; needs the student's phi width to match)")
+    p.add_argument("--head-init", default="random", choices=["random", "teacher"],
+                   help="applied to every method with a teacher (default random, as the papers train; teacher: the "
+                        "student starts with a copy of the teacher's classifier, needs equal phi widths)")
     for key in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
     p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
@@ -127,7 +130,28 @@ def row_from(name, cfg, report, wall_seconds) -> dict:
             "epochs_run": report["epochs_run"], "train_seconds": report["train_seconds"],
             "images_per_second": report["images_per_second"], "wall_seconds": wall_seconds,
             "stopped_early": report["stopped_early"], "device": report["device"], "precision": report["precision"],
+            "notes": training_notes(Path(cfg.out)), "wall_includes_teacher": trained_its_teacher(Path(cfg.out), report, wall_seconds),
             "run_dir": str(Path(cfg.out))}
+
+
+def training_notes(run_dir: Path) -> list[str]:
+    """What the per-epoch log says that the final figures do not: divergence."""
+    notes = []
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for r in rows:
+        if not (abs(r["loss"]) < DIVERGED_LOSS):  # also catches nan / inf
+            notes.append(f"training diverged: epoch-{r['epoch']} mean loss {r['loss']:.3g}")
+            break
+    return notes
+
+
+def trained_its_teacher(run_dir: Path, report: dict, wall_seconds: float) -> bool:
+    """True when the run's wall time includes training its (then uncached) teacher: the teacher's
+    report was written inside the run's time window."""
+    if not report.get("teacher_report"):
+        return False
+    started = (run_dir / "report.json").stat().st_mtime - wall_seconds
+    return Path(report["teacher_report"]).stat().st_mtime >= started
 
 
 def teacher_row(report_path, cfg) -> dict:
@@ -168,6 +192,9 @@ def render_markdown(result: dict) -> str:
             notes.append(f"{r['epochs_run']} epoch(s) run")
         if r["stopped_early"]:
             notes.append(r["stopped_early"])
+        notes += r["notes"]
+        if r["wall_includes_teacher"]:
+            notes.append("wall s includes training the teacher")
         lines.append(f"| {r['name']} | {r['teacher'] or '-'} | {100 * r['clean_acc']:.2f} | {100 * r['robust_acc']:.2f} | "
                      f"{r['train_seconds']:.1f} | {r['images_per_second']:.0f} | {r['wall_seconds']:.1f} | {'; '.join(notes)} |")
     if result["teachers"]:
