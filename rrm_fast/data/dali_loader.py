@@ -31,7 +31,7 @@ from .arrays import ArrayDataset
 from .errors import DatasetError
 from .imagefolder import FolderDataset
 from .pil_transforms import RATIO, SCALE, TEST_CROP_FRACTION
-from .sampling import EpochPlan, check_loader_args, derive_seed, plan_epoch
+from .sampling import EpochLoader, EpochPlan, derive_seed
 from .torch_loader import default_num_workers
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or use --loader device / torch)"
@@ -49,28 +49,24 @@ def _import_dali():
     return fn, pipeline_def, types
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     kind = "dali"
 
     def __init__(self, ds: ArrayDataset | FolderDataset, batch_size: int, *, train: bool, device="cpu", seed: int = 0,
                  drop_last: bool = False, channels_last: bool = False, num_workers: int | None = None,
                  rank: int = 0, world_size: int = 1):
         self._fn, self._pipeline_def, self._types = _import_dali()
-        self._num_batches = check_loader_args(len(ds), batch_size, train=train, drop_last=drop_last,
-                                              rank=rank, world_size=world_size)
-        self.dataset, self.batch_size, self.train = ds, batch_size, train
+        super().__init__(ds, batch_size, train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise DatasetError(f"the dali loader runs on cpu or cuda, not {self.device}; use --loader torch")
         self.device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self.device.type == "cuda" else None
-        self.seed, self.drop_last, self.channels_last = int(seed), drop_last, channels_last
-        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
         self.num_threads = default_num_workers() if num_workers is None else max(1, int(num_workers))
         self.folder = isinstance(ds, FolderDataset)
         self.pad = 0 if self.folder or not train else ds.pad
         self.flip = False if self.folder or not train else ds.flip
-        self.epoch, self._start_batch = 0, 0
         if not self.folder:
             store = ds.images.permute(0, 2, 3, 1)
             if self.pad:
@@ -81,22 +77,6 @@ class DaliLoader:
         else:
             self.files = [p for p, _ in ds.samples]
             self.file_labels = [lab for _, lab in ds.samples]
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_start_batch(self, batch: int) -> None:
-        if not 0 <= batch <= self._num_batches:
-            raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
-        self._start_batch = int(batch)
-
-    def plan(self) -> EpochPlan:
-        return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,
-                          rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
-                          pad=self.pad, flip=self.flip)
 
     # ------------------------------------------------------------------ pipelines
     def _pipeline_kwargs(self, start: int) -> dict:

@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 
 from .arrays import ArrayDataset
-from .sampling import EpochPlan, check_loader_args, plan_epoch
+from .sampling import EpochLoader, EpochPlan
 
 
 def to_float_batch(nhwc_uint8: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -77,7 +77,7 @@ def single_intraop_thread(active: bool):
         torch.set_num_threads(previous)
 
 
-class DeviceLoader:
+class DeviceLoader(EpochLoader):
     """Iterates (x float32 [0,1] NCHW, y int64) batches of an `ArrayDataset` held on ``device``.
 
     Epoch semantics: the sample order and augmentation of epoch e are pure functions of
@@ -91,15 +91,11 @@ class DeviceLoader:
     def __init__(self, ds: ArrayDataset, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool = False, channels_last: bool = False, rank: int = 0,
                  world_size: int = 1):
-        self._num_batches = check_loader_args(len(ds), batch_size, train=train, drop_last=drop_last,
-                                              rank=rank, world_size=world_size)
-        self.dataset, self.batch_size, self.train = ds, batch_size, train
+        super().__init__(ds, batch_size, train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
         self.device = torch.device(device)
-        self.seed, self.drop_last, self.channels_last = int(seed), drop_last, channels_last
-        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
         self.pad = ds.pad if train else 0
         self.flip = ds.flip if train else False
-        self.epoch, self._start_batch = 0, 0
         _, _, self.height, self.width = ds.images.shape
         images = ds.images.to(self.device).permute(0, 2, 3, 1)  # NHWC view; no copy when C == 1
         if self.pad or self.flip:
@@ -107,22 +103,6 @@ class DeviceLoader:
         else:
             self.windows, self.store = None, images.contiguous()
         self.labels = ds.labels.to(self.device)
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_start_batch(self, batch: int) -> None:
-        if not 0 <= batch <= self._num_batches:
-            raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
-        self._start_batch = int(batch)
-
-    def plan(self) -> EpochPlan:
-        return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,
-                          rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
-                          pad=self.pad, flip=self.flip)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start, self._start_batch = self._start_batch, 0

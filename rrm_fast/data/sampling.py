@@ -117,6 +117,41 @@ def check_loader_args(n: int, batch_size: int, *, train: bool, drop_last: bool, 
     return batches
 
 
+class EpochLoader:
+    """What every loader kind shares: its arguments, the epoch/start-batch state, and the epoch plan.
+
+    A subclass calls ``super().__init__`` and then sets ``pad`` and ``flip`` (which depend on
+    its kind and dataset) before ``plan()`` is used.
+    """
+
+    pad: int
+    flip: bool
+
+    def __init__(self, ds, batch_size: int, *, train: bool, seed: int, drop_last: bool, rank: int, world_size: int):
+        self._num_batches = check_loader_args(len(ds), batch_size, train=train, drop_last=drop_last,
+                                              rank=rank, world_size=world_size)
+        self.dataset, self.batch_size, self.train = ds, batch_size, train
+        self.seed, self.drop_last = int(seed), drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self._start_batch = 0, 0
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start_batch(self, batch: int) -> None:
+        if not 0 <= batch <= self._num_batches:
+            raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
+        self._start_batch = int(batch)
+
+    def plan(self) -> EpochPlan:
+        return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,
+                          rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
+                          pad=self.pad, flip=self.flip)
+
+
 def sample_seeds(m: int, *, seed: int, epoch: int, rank: int) -> torch.Tensor:
     """One 62-bit seed per position of a rank's epoch, for per-image augmentation whose
     parameters depend on the decoded image size (random-resized crop of folder images)."""

@@ -22,7 +22,7 @@ from .device_loader import single_intraop_thread, to_float_batch
 from .errors import DatasetError
 from .imagefolder import FolderDataset
 from .pil_transforms import eval_image, train_image
-from .sampling import EpochPlan, check_loader_args, derive_seed, plan_epoch, sample_seeds
+from .sampling import EpochLoader, EpochPlan, derive_seed, sample_seeds
 
 
 def default_num_workers() -> int:
@@ -98,22 +98,18 @@ def _one_line(exc: DatasetError) -> DatasetError:
     return DatasetError(text[text.rindex(marker) + len(marker):].strip().splitlines()[0] if marker in text else text.splitlines()[0])
 
 
-class TorchLoader:
+class TorchLoader(EpochLoader):
     kind = "torch"
 
     def __init__(self, ds: ArrayDataset | FolderDataset, batch_size: int, *, train: bool, device="cpu", seed: int = 0,
                  drop_last: bool = False, channels_last: bool = False, num_workers: int | None = None,
                  rank: int = 0, world_size: int = 1):
-        self._num_batches = check_loader_args(len(ds), batch_size, train=train, drop_last=drop_last,
-                                              rank=rank, world_size=world_size)
-        self.dataset, self.batch_size, self.train = ds, batch_size, train
+        super().__init__(ds, batch_size, train=train, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
         self.device = torch.device(device)
-        self.seed, self.drop_last, self.channels_last = int(seed), drop_last, channels_last
-        self.rank, self.world_size = rank, world_size
+        self.channels_last = channels_last
         self.folder = isinstance(ds, FolderDataset)
         self.pad = 0 if self.folder or not train else ds.pad
         self.flip = False if self.folder or not train else ds.flip
-        self.epoch, self._start_batch = 0, 0
         self._active_plan: EpochPlan | None = None
         self._active_start = 0
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
@@ -124,22 +120,6 @@ class TorchLoader:
                                  # DataLoader draws a worker base seed per iteration; from its own
                                  # generator rather than the global torch RNG (the items carry all randomness).
                                  generator=torch.Generator().manual_seed(derive_seed("workers", self.seed, rank)))
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def set_start_batch(self, batch: int) -> None:
-        if not 0 <= batch <= self._num_batches:
-            raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
-        self._start_batch = int(batch)
-
-    def plan(self) -> EpochPlan:
-        return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,
-                          rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
-                          pad=self.pad, flip=self.flip)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # The sampler reads the plan when the DataLoader starts iterating, i.e. right here.
