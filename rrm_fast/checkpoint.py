@@ -11,6 +11,7 @@ mapped onto the zoo's (see ``adapt_state_dict``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,14 +42,18 @@ CONVERT_HINT = ("If you trust the file, convert it once: python -c 'import torch
                 "save_file({{k: v.contiguous() for k, v in sd.items()}}, \"{out}\")' (only for files you trust)")
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_replace(path):
+    """Yield a temporary file name next to ``path`` for the caller to write; on success fsync it,
+    rename it over ``path`` and fsync the directory, so a crash leaves the old file or the new one.
+    On any exception (Ctrl-C included) the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -56,6 +61,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    with atomic_replace(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_json(path, obj) -> None:
@@ -87,21 +97,9 @@ def model_spec(model) -> dict:
 
 def write_tensor_file(path, tensors: dict) -> str:
     """Atomically write ``tensors`` as a safetensors file; returns its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_replace(path) as tmp:
         save_file(_tensors_for_save(tensors), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
         digest = sha256_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return digest
 
 
