@@ -233,8 +233,12 @@ class APGD(Attack):
             return adv
         fooled = logits.argmax(1) != y
         best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
-        self._run_restarts(x, y, adv, fooled, best_loss)
+        self._attack(x, y, logits, adv, fooled, best_loss)
         return adv
+
+    def _attack(self, x, y, clean_logits, adv, fooled, best_loss):
+        """The runs after the clean pass (eps > 0); update adv/fooled/best_loss in place."""
+        self._run_restarts(x, y, adv, fooled, best_loss)
 
 
 class APGDT(APGD):
@@ -259,20 +263,10 @@ class APGDT(APGD):
             raise ValueError(f"APGD-T n_target_classes={self.n_target_classes} but the model has only "
                              f"{num_classes - 1} other classes; pass n_target_classes <= {num_classes - 1}")
 
-    def forward(self, x, y):
-        x = x.detach().float()
-        with torch.no_grad():
-            logits = self.model(x)
-        self._check_classes(logits.shape[1])
-        adv = x.clone()
-        if self.eps == 0:
-            return adv
-        fooled = logits.argmax(1) != y
-        ranked = logits.argsort(dim=1, descending=True)
-        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+    def _attack(self, x, y, clean_logits, adv, fooled, best_loss):
+        ranked = clean_logits.argsort(dim=1, descending=True)
         for k in range(1, self.n_target_classes + 1):
             # losses towards different targets are not comparable, so the running best restarts
             # per target (a sample never fooled ends at the last target's highest-loss point)
             best_loss.fill_(-float("inf"))
             self._run_restarts(x, y, adv, fooled, best_loss, target=ranked[:, k])
-        return adv
