@@ -82,11 +82,11 @@ def test_feature_tap_projection_feeds_new_classifier():
 
 def test_copy_head_through_projection():
     teacher = create_model("cnn_small")
-    student = create_model("cnn_wide")
-    attach_projection(student, teacher.feature_dim)
+    student = create_model("resnet18", in_channels=1, mean=(0.5,), std=(0.5,))  # phi 512 -> projected to 128
+    assert attach_projection(student, teacher.feature_dim)
     copy_head(student, teacher)
     torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
-    other = create_model("cnn_wide")
+    other = create_model("resnet18", in_channels=1, mean=(0.5,), std=(0.5,))
     with pytest.raises(ValueError, match="equal classifier shapes"):
         copy_head(other, teacher)
 
