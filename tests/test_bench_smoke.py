@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from rrm_fast.bench import claims, steps
 from rrm_fast.bench.__main__ import main as bench_main
@@ -19,9 +20,13 @@ TINY = ["--train-size", "256", "--monitor-size", "64", "--test-size", "64", "--e
 @pytest.mark.slow
 def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    argv = ["--out", str(out), "--runs-dir", str(runs), "--methods", "pgd_at,fast_at,free_at,rrm", *TINY]
+    argv = ["--out", str(out), "--runs-dir", str(runs), "--methods", "pgd_at,fast_at,free_at,rrm", "--threads", "1",
+            *TINY]
+    threads = torch.get_num_threads()
     assert claims.main(argv) == 0
+    assert torch.get_num_threads() == threads  # restored after the call
     res = json.loads((out / "claims.json").read_text())
+    assert res["settings"]["clock"] == "cpu" and res["machine"]["torch_threads"] == 1
     assert res["method_order"] == ["pgd_at", "fast_at", "free_at", "rrm"] and set(res["rows"]) == set(res["method_order"])
     for r in res["rows"].values():
         assert r["curve"] and r["test"]["n"] == 64 and r["test"]["attack"] == "PGD-3" and r["train_seconds"] > 0
@@ -40,6 +45,31 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     res2 = json.loads((out / "claims.json").read_text())
     assert all(r["reused"] for r in res2["rows"].values())
     assert "(reused run)" in (out / "claims.md").read_text()
+
+
+def test_cpu_clock_times_the_trainers_epochs_only_while_asked():
+    import time
+
+    import rrm_fast.train as train_module
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match="--threads 1"):
+            claims.resolve_clock("cpu", "cpu")
+        assert claims.resolve_clock("auto", "cpu") == "wall"
+        torch.set_num_threads(1)
+        assert claims.resolve_clock("auto", "cpu") == "cpu" and claims.resolve_clock("auto", "cuda") == "wall"
+    finally:
+        torch.set_num_threads(threads)
+    with claims.training_clock("cpu"):
+        assert train_module.time is not time and train_module.time.strftime is time.strftime
+        t0 = train_module.time.perf_counter()
+        time.sleep(0.2)  # sleeping is no CPU work
+        assert train_module.time.perf_counter() - t0 < 0.1
+    assert train_module.time is time
+    with claims.training_clock("wall"):
+        assert train_module.time is time
 
 
 def _row(curve, test_robust, train_seconds, uses_teacher=False):

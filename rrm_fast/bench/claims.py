@@ -35,6 +35,7 @@ reused runs are marked, with the load at the time they ran).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,6 +50,7 @@ import torch
 from ..checkpoint import atomic_write_json
 from ..errors import run_cli
 from ..methods import METHODS
+from ..runtime import resolve_device
 from ..train import TrainConfig, train_run
 from .machine import LoadSampler, describe_load, describe_machine, summary as machine_summary
 
@@ -102,6 +104,10 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for every run (default: torch's). On a loaded shared CPU, 1 can be "
                         "much faster than 2: OpenMP's barrier waits for a descheduled thread")
+    p.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
+                   help="what times the epochs: cpu = the computing thread's CPU time (CPU, --threads 1 only: the "
+                        "machine-alone time, immune to other jobs' load), wall = wall-clock; auto = cpu where "
+                        "possible, else wall")
     p.add_argument("--progress", action="store_true", help="progress bars for each run")
     return p
 
@@ -140,6 +146,56 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
     return out
 
 
+# --------------------------------------------------------------------------- the training clock
+class _ThreadClock:
+    """Stands in for the ``time`` module inside rrm_fast.train during a run: ``perf_counter``
+    reads the calling thread's CPU time, everything else is the real module."""
+
+    def perf_counter(self) -> float:
+        return time.thread_time()
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def resolve_clock(clock: str, device: str) -> str:
+    """auto: the thread's CPU time on a CPU with one torch thread, else wall time."""
+    import rrm_fast.train as train_module
+
+    if clock == "auto":
+        clock = "cpu" if device == "cpu" and torch.get_num_threads() == 1 else "wall"
+    if clock == "cpu":
+        if device != "cpu" or torch.get_num_threads() != 1:
+            raise ValueError("--clock cpu needs a CPU run with --threads 1: the work must all run on the calling thread "
+                             "for its CPU time to be the step's time")
+        if getattr(train_module, "time", None) is not time:
+            raise ValueError("rrm_fast.train no longer times epochs with time.perf_counter from `import time`; "
+                             "--clock cpu cannot read its epochs - use --clock wall")
+    return clock
+
+
+@contextlib.contextmanager
+def training_clock(clock: str):
+    """Time the trainer's epochs (and nothing else) with ``clock``.
+
+    "cpu": the computing thread's CPU time. On a shared machine wall time measures the other
+    jobs as much as the method - here, runs of the same session saw load averages from ~6 to
+    ~13 on 2 cores, so a run's wall time depended on when it ran. With one torch thread all of
+    a training step runs on the calling thread (process CPU time == thread CPU time over a
+    step), so its CPU time is the wall time the epoch takes on this machine with nothing else
+    running (other jobs still share its caches and memory bandwidth)."""
+    import rrm_fast.train as train_module
+
+    if clock != "cpu":
+        yield
+        return
+    train_module.time = _ThreadClock()
+    try:
+        yield
+    finally:
+        train_module.time = time
+
+
 # --------------------------------------------------------------------------- running
 def reusable_report(cfg: TrainConfig):
     """The report of a finished run with exactly this config, else None."""
@@ -163,22 +219,23 @@ def read_curve(metrics_path: Path) -> list[dict]:
     return curve
 
 
-def run_one(name: str, cfg: TrainConfig, progress: bool) -> dict:
+def run_one(name: str, cfg: TrainConfig, progress: bool, clock: str) -> dict:
     report = reusable_report(cfg)
     meta_path = Path(cfg.out) / "claims_run.json"
     if report is not None and meta_path.exists():
-        print(f"== {name}: reusing the finished run in {cfg.out}")
         meta = json.loads(meta_path.read_text())
-        meta["reused"] = True
-        return {"report": report, **meta}
+        if meta.get("clock", "wall") == clock:
+            print(f"== {name}: reusing the finished run in {cfg.out}")
+            meta["reused"] = True
+            return {"report": report, **meta}
     print(f"== {name}", flush=True)
     started, started_epoch = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
-    with LoadSampler(interval=15.0) as load:
+    with LoadSampler(interval=15.0) as load, training_clock(clock):
         t0 = time.perf_counter()
         report = train_run(cfg, progress=progress, exist_ok=True)
         wall = time.perf_counter() - t0
     meta = {"wall_seconds": wall, "started": started, "started_epoch": started_epoch, "load": load.stats(),
-            "torch_threads": torch.get_num_threads(), "reused": False}
+            "torch_threads": torch.get_num_threads(), "clock": clock, "reused": False}
     atomic_write_json(meta_path, meta)
     return {"report": report, **meta}
 
@@ -290,7 +347,11 @@ def compute_claims(rows: dict, teacher: dict | None, reference: str, target_frac
 
 # --------------------------------------------------------------------------- outputs
 def fmt_s(v) -> str:
-    return "never" if v is None else f"{v:.0f}"
+    return "never" if v is None else secs(v)
+
+
+def secs(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
 def ratio_s(v) -> str:
@@ -318,7 +379,8 @@ def render_markdown(res: dict) -> str:
                  f"{'' if t['trained_in_this_session'] else ' (reused from the cache, trained in an earlier session)'}; "
                  "RRM's student starts with the teacher's head (the demo's setting)." if t else ""), "",
               f"Curves: clean and {s['monitor_attack']} accuracy on the held-out training slice at each epoch end, against "
-              "cumulative training seconds (epochs only: no monitoring, no evaluation). Final figures: clean and "
+              f"cumulative training seconds (epochs only: no monitoring, no evaluation), {CLOCK_TEXT[s['clock']]}. "
+              "Final figures: clean and "
               f"{s['eval_attack']} accuracy on the first {s['test_size']} images of the test split, every final model "
               "alike; nothing is selected on the test split.", "",
               "## Results", "",
@@ -326,21 +388,22 @@ def render_markdown(res: dict) -> str:
               f"final held-out robust % | test clean % | test {s['eval_attack']} % | time to target s | with teacher s |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if t:
-        lines.append(f"| teacher ({t['method']} {t['arch']}) | {t['train_seconds']:.0f} | - | - | - | {t['epochs_run']} | "
+        lines.append(f"| teacher ({t['method']} {t['arch']}) | {secs(t['train_seconds'])} | - | - | - | {t['epochs_run']} | "
                      f"{100 * t['curve'][-1]['clean']:.1f} | {100 * t['curve'][-1]['robust']:.1f} | "
                      f"{100 * t['test']['clean_acc']:.2f} | {100 * t['test']['robust_acc']:.2f} | - | - |")
     for name, r in res["rows"].items():
         note = " (reused run)" if r["reused"] else ""
-        t_s = f"{t['train_seconds']:.0f}" if r["uses_teacher"] and t else "-"
+        t_s = secs(t["train_seconds"]) if r["uses_teacher"] and t else "-"
         lines.append(f"| {METHOD_LABELS.get(name, name)}{note} | {t_s} | "
-                     f"{r['train_seconds']:.0f} | {r['wall_seconds']:.0f} | {r['run_load']['median']:g} | {r['epochs_run']} | "
+                     f"{secs(r['train_seconds'])} | {r['wall_seconds']:.0f} | {r['run_load']['median']:g} | {r['epochs_run']} | "
                      f"{100 * r['curve'][-1]['clean']:.1f} | {100 * r['curve'][-1]['robust']:.1f} | "
                      f"{100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | {fmt_s(r.get('time_to_target'))} | "
                      f"{fmt_s(r.get('time_to_target_with_teacher')) if r['uses_teacher'] else '-'} |")
     for name, r in res["rows"].items():
         if r["stopped_early"]:
             lines.append(f"\n{METHOD_LABELS.get(name, name)}: {r['stopped_early']} (held-out training slice).")
-    lines += ["", "*run wall s* includes the per-epoch monitoring and the final test evaluation (and, for the first "
+    lines += ["", f"*teacher s*, *student s*: training seconds ({s['clock']} clock). "
+              "*run wall s* (wall clock) includes the per-epoch monitoring and the final test evaluation (and, for the first "
               "run with a teacher, training that teacher). *load*: median 1-min load average during that run (runs "
               "with a teacher ran first). *time to target* is read at epoch ends: an upper bound.", ""]
     lines += ["## Claims", ""]
@@ -354,7 +417,7 @@ def render_markdown(res: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for c in cl["test"]:
             lines.append(f"| {c['statement']} | {100 * c['rrm_test_robust']:.2f} | {100 * c['baseline_test_robust']:.2f} | "
-                         f"{ratio_s(c['robust_ratio'])} | {c['rrm_seconds']:.0f} | {c['baseline_seconds']:.0f} | "
+                         f"{ratio_s(c['robust_ratio'])} | {secs(c['rrm_seconds'])} | {secs(c['baseline_seconds'])} | "
                          f"{c['time_ratio']:.3f} | {c['speedup']:.1f}x | {'holds' if c['holds'] else '**DOES NOT HOLD**'} |")
         lines.append("")
     if cl["time_to_target"]:
@@ -370,16 +433,24 @@ def render_markdown(res: dict) -> str:
               "| method | epoch | cumulative train s | (with teacher s) | clean % | robust % |", "|---|---:|---:|---:|---:|---:|"]
     if t:
         for p in t["curve"]:
-            lines.append(f"| teacher | {p['epoch']} | {p['seconds']:.0f} | - | {100 * p['clean']:.1f} | {100 * p['robust']:.1f} |")
+            lines.append(f"| teacher | {p['epoch']} | {secs(p['seconds'])} | - | {100 * p['clean']:.1f} | {100 * p['robust']:.1f} |")
     for name, r in res["rows"].items():
         shift = t["train_seconds"] if (t and r["uses_teacher"]) else None
         for p in r["curve"]:
-            shifted = "-" if shift is None else f"{shift + p['seconds']:.0f}"
-            lines.append(f"| {METHOD_LABELS.get(name, name)} | {p['epoch']} | {p['seconds']:.0f} | {shifted} | "
+            shifted = "-" if shift is None else secs(shift + p["seconds"])
+            lines.append(f"| {METHOD_LABELS.get(name, name)} | {p['epoch']} | {secs(p['seconds'])} | {shifted} | "
                          f"{100 * p['clean']:.1f} | {100 * p['robust']:.1f} |")
     lines.append("")
     return "\n".join(lines)
 
+
+CLOCK_TEXT = {
+    "cpu": "timed as the CPU seconds of the one computing thread (1 torch thread): the wall time of the epoch on this "
+           "machine with nothing else running, which the other jobs' load cannot inflate (they still share caches and "
+           "memory bandwidth)",
+    "wall": "timed by the wall clock (synchronised)"}
+CLOCK_AXIS = {"cpu": "training time (s): epochs only, CPU time of the one computing thread",
+              "wall": "training wall-clock time (s), epochs only"}
 
 COLORS = {"pgd_at": "tab:red", "fast_at": "tab:orange", "free_at": "tab:purple", "rrm": "tab:blue",
           "natural": "tab:gray", "rslad": "tab:green", "kdiga": "tab:olive", "ard": "tab:cyan", "kd": "tab:pink",
@@ -416,7 +487,7 @@ def plot(res: dict, path: Path) -> None:
         if key == "robust" and "target" in cl:
             ax.axhline(100 * cl["target"], color="k", lw=0.8, ls="--",
                        label=f"target {100 * cl['target']:.1f} % ({cl['target_fraction']:g} x {METHOD_LABELS.get(cl['reference'], cl['reference'])})")
-        ax.set_xlabel("training wall-clock time (s), epochs only")
+        ax.set_xlabel(CLOCK_AXIS[res["settings"]["clock"]])
         ax.set_ylabel(f"{title} (%)")
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
@@ -432,8 +503,16 @@ def plot(res: dict, path: Path) -> None:
 
 # --------------------------------------------------------------------------- main
 def run_claims(args, argv) -> dict:
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run_claims(args, argv)
+    finally:
+        torch.set_num_threads(threads_before)  # a library caller's setting survives the call
+
+
+def _run_claims(args, argv) -> dict:
     if args.runs_dir is None:
         args.runs_dir = "runs/claims-quick" if args.quick else "runs/claims"
     os.environ["RRM_FAST_CACHE"] = str(Path(args.cache or Path(args.runs_dir) / "cache").resolve())
@@ -447,8 +526,9 @@ def run_claims(args, argv) -> dict:
     # machine whose load eases as the session goes on, that order favours the baselines, not RRM.
     # Each run's own load is recorded beside its times.
     order = sorted(configs, key=lambda nc: not METHODS[nc[0]].needs_teacher)
+    clock = resolve_clock(args.clock, str(resolve_device(configs[0][1].device).type))
     for name, cfg in order:
-        run = runs[name] = run_one(name, cfg, args.progress)
+        run = runs[name] = run_one(name, cfg, args.progress, clock)
         rep = run["report"]
         teacher_report = teacher_report or rep.get("teacher_report")
         rows[name] = {"method": name, "uses_teacher": METHODS[name].needs_teacher, "epochs_run": rep["epochs_run"],
@@ -476,7 +556,7 @@ def run_claims(args, argv) -> dict:
     free_at_replays = METHODS["free_at"].options["replays"].default
     settings = {k: v for k, v in dataclasses.asdict(base).items() if k not in ("method", "teacher", "out", "head_init")}
     settings.update(teacher=args.teacher, free_at_replays=free_at_replays, quick=args.quick,
-                    monitor_attack=f"PGD-{base.monitor_steps}", eval_attack=f"PGD-{base.eval_steps}")
+                    monitor_attack=f"PGD-{base.monitor_steps}", eval_attack=f"PGD-{base.eval_steps}", clock=clock)
     res = {"command": "python -m rrm_fast.bench claims " + " ".join(shlex.quote(a) for a in argv),
            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first)),
            "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)),
