@@ -1,6 +1,6 @@
 """Every training method on one task: same teacher, same student architecture, same epochs.
 
-    python -m rrm_fast.bench.compare --out benchmarks/results            # the recorded comparison
+    python -m rrm_fast.bench.compare --threads 1 --out benchmarks/results   # the recorded comparison
     python -m rrm_fast.bench.compare --quick --out /tmp/cmp               # a smoke run in a few minutes
 
 Each method is one ``train_run`` with the settings below (methods with a teacher share the one
