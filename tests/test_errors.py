@@ -90,10 +90,10 @@ def test_teacher_with_another_class_count(teachers, tmp_path, capsys):
 
 
 def test_teacher_head_of_another_feature_width(teachers, tmp_path, capsys):
-    # kd matches logits only (no projection), so a 256-wide student cannot take the 128-wide head
-    rc = train_mod.main(["--method", "kd", "--teacher", teachers["small"], "--student", "cnn_wide", "--head-init", "teacher",
+    # kd matches logits only (no projection), so a 512-wide student cannot take the 128-wide head
+    rc = train_mod.main(["--method", "kd", "--teacher", teachers["small"], "--student", "resnet18", "--head-init", "teacher",
                          "--out", str(tmp_path / "o"), *TINY])
-    one_line_error(capsys, rc, "--head-init teacher needs equal classifier shapes", "(10, 256)", "(10, 128)")
+    one_line_error(capsys, rc, "--head-init teacher needs equal classifier shapes", "(10, 512)", "(10, 128)")
     assert not (tmp_path / "o").exists()
 
 
