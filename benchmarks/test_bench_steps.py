@@ -2,10 +2,10 @@
 
     python -m pytest benchmarks/test_bench_steps.py --benchmark-only
 
-The student is the demo's (cnn_wide + projection to the cnn_small teacher's phi width, batch
-128 of Fashion-MNIST 28x28, channels_last, fp32), built by rrm_fast.bench.steps exactly as
-``python -m rrm_fast.bench steps`` builds it; that command gives the full table with
-quartiles (benchmarks/results/steps_cpu.md). Gates, each a ratio of times measured
+The student is the demo's (cnn_wide, projected to the cnn_small teacher's phi width if they
+differ, the teacher's head; batch 128 of Fashion-MNIST 28x28, channels_last, fp32), built by
+rrm_fast.bench.steps exactly as ``python -m rrm_fast.bench steps`` builds it; that command
+gives the full table with quartiles (benchmarks/results/steps_cpu.md). Gates, each a ratio of times measured
 round-robin in the same test (the median over rounds of the ratio within a round, so load that
 drifts during the test cancels; on CPU with one thread and its CPU-time clock, see
 gate.gate_clock) against a floor in benchmarks/floors.json (higher is better):

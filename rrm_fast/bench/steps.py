@@ -9,8 +9,9 @@ So load from other processes on a shared machine falls on all items alike and th
 below compare numbers from the same minutes. ``--threads 1 --clock thread`` times the CPU
 work of the one computing thread instead of wall time: on a loaded machine, the fair figure.
 
-Items (the student is the demo's: ``cnn_wide`` with RRM's projection to the teacher's phi
-width and the teacher's head copied in; the same student for every method; channels_last
+Items (the student is the demo's: ``cnn_wide``, with RRM's projection to the teacher's phi
+width when the widths differ, and the teacher's head copied in; the same student for every
+method; channels_last
 as the trainer's default; fp32; SGD momentum 0.9, wd 5e-4; one real Fashion-MNIST batch
 from the device loader, as the trainer feeds it):
 
