@@ -74,6 +74,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op CPU threads (default: torch's choice); on a shared, oversubscribed CPU 1 "
                         "thread can be several times faster than OpenMP threads stalling on each other")
+    p.add_argument("--tag", default=None, help="suffix of the results files' names, for a second table with other settings")
     p.add_argument("--progress", action="store_true", help="progress bars for each run")
     return p
 
@@ -218,6 +219,8 @@ def render_markdown(result: dict) -> str:
 def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
+        if args.tag is not None and not args.tag.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"--tag {args.tag!r}: use letters, digits, '_' and '-' only (it becomes part of a file name)")
         configs = method_configs(args)
         if args.threads is not None:
             if args.threads < 1:
@@ -260,6 +263,8 @@ def main(argv=None) -> int:
                         "loadavg_start": load_start, "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
             "settings": settings, "rows": rows, "teachers": list(teachers.values())}
         stem = f"method_comparison_{'fmnist' if args.dataset == 'fashion_mnist' else args.dataset}"
+        if args.tag:
+            stem += "_" + args.tag
         atomic_write_json(out / f"{stem}.json", result)
         (out / f"{stem}.md").write_text(render_markdown(result))
         print(render_markdown(result))
