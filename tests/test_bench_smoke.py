@@ -78,12 +78,13 @@ def _row(curve, test_robust, train_seconds, uses_teacher=False):
 
 
 def test_claim_verdicts_on_hand_made_curves():
-    teacher = {"train_seconds": 10.0}
+    teacher = {"train_seconds": 10.0, "test": {"robust_acc": 0.5}}
     rows = {"pgd_at": _row([(100, 0.50), (200, 0.60)], 0.60, 200),  # target = 0.9 * 0.60 = 0.54
             "fast_at": _row([(50, 0.40), (100, 0.45)], 0.45, 100),  # never reaches the target
             "rrm": _row([(15, 0.50), (30, 0.56)], 0.55, 30, uses_teacher=True)}
     cl = claims.compute_claims(rows, teacher, "pgd_at", 0.9, 0.2)
     assert cl["target"] == pytest.approx(0.54)
+    assert cl["transfer"]["ratio"] == pytest.approx(0.55 / 0.5) and cl["transfer"]["teacher_vs_reference"] == pytest.approx(0.5 / 0.6)
     test = {(c["baseline"], c["teacher_included"]): c for c in cl["test"]}
     # 0.55 / 0.60 = 0.917 >= 0.9, and 30 s <= 0.2 * 200 s; with the teacher 40 s: still <= 40 s
     assert test["pgd_at", False]["holds"] and test["pgd_at", False]["time_ratio"] == pytest.approx(0.15)

@@ -295,6 +295,13 @@ def compute_claims(rows: dict, teacher: dict | None, reference: str, target_frac
         out["notes"].append("no rrm run: the table lists the methods, no RRM claims")
         return out
     rrm = rows["rrm"]
+    if teacher and teacher["test"]["robust_acc"] > 0:
+        # how much of its teacher's robustness the student kept: where a claim fails on accuracy,
+        # this separates "the teacher was too weak" from "the transfer lost too much"
+        out["transfer"] = {"teacher_test_robust": teacher["test"]["robust_acc"], "rrm_test_robust": rrm["test_robust"],
+                           "ratio": rrm["test_robust"] / teacher["test"]["robust_acc"],
+                           "teacher_vs_reference": (teacher["test"]["robust_acc"] / ref["test_robust"]
+                                                    if ref["test_robust"] > 0 else None)}
 
     # --- test split, final models: accuracy ratio and time ratio against each baseline
     for name, b in rows.items():
@@ -411,6 +418,13 @@ def render_markdown(res: dict) -> str:
         lines += [f"Target for the time-to-target claims: {100 * cl['target']:.1f} % held-out robust accuracy = "
                   f"{cl['target_definition']}.", ""]
     lines += [f"- {n}" for n in cl["notes"]]
+    if "transfer" in cl:
+        tr = cl["transfer"]
+        ref_label = METHOD_LABELS.get(cl["reference"], cl["reference"])
+        vs_ref = ("" if tr["teacher_vs_reference"] is None else
+                  f"; the teacher itself has {tr['teacher_vs_reference']:.3f} x {ref_label}'s test robust accuracy")
+        lines += [f"Transfer: the RRM student keeps {tr['ratio']:.3f} of its teacher's test robust accuracy "
+                  f"({100 * tr['rrm_test_robust']:.2f} % of {100 * tr['teacher_test_robust']:.2f} %){vs_ref}.", ""]
     if cl["test"]:
         lines += ["### Final models, test split", "",
                   "| claim | RRM robust % | baseline robust % | robust ratio | RRM s | baseline s | time ratio | speed-up | verdict |",
