@@ -445,10 +445,15 @@ def train_run(cfg: TrainConfig, progress: bool = True, exist_ok: bool = False, r
     c, h, _ = train_ds.images.shape[1:]
 
     # ---- models (building or loading a teacher leaves the student's random streams alone)
-    with preserved_rng(device):
-        teacher, teacher_meta = load_or_build_teacher(cfg, train_ds, device, progress)
-    student = create_model(cfg.student, train_ds.num_classes, c, train_ds.mean, train_ds.std, h).to(device)
     method_cls = METHODS[cfg.method]
+    if cfg.teacher is not None and not method_cls.needs_teacher and cfg.head_init != "teacher":
+        # a method without a teacher never pays for loading or training one
+        say(f"--method {cfg.method} uses no teacher: ignoring --teacher {cfg.teacher}")
+        teacher, teacher_meta = None, None
+    else:
+        with preserved_rng(device):
+            teacher, teacher_meta = load_or_build_teacher(cfg, train_ds, device, progress)
+    student = create_model(cfg.student, train_ds.num_classes, c, train_ds.mean, train_ds.std, h).to(device)
     if method_cls.needs_teacher and teacher is None:
         raise ValueError(f"--method {cfg.method} needs a teacher: pass --teacher CKPT or --teacher ARCH")
     if teacher is not None and "features" in method_cls.teacher_outputs:
