@@ -15,23 +15,12 @@ import pytest
 import torch
 
 from bench_feature_matching import BATCH_SIZES, FEATURE_DIMS, interleaved_medians, make_inputs, make_variant
+from gate import synchronised
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOORS = json.loads((Path(__file__).parent / "floors.json").read_text())
 # torch.compile costs ~30 s per static shape on the 2-core CPU: there, compile one shape only.
 CPU_COMPILED_SHAPES = {(512, 2048)}
-
-
-def synchronised(fn):
-    if DEVICE.type != "cuda":
-        return fn
-
-    def call():
-        out = fn()
-        torch.cuda.synchronize(DEVICE)
-        return out
-
-    return call
 
 
 @pytest.mark.parametrize("D", FEATURE_DIMS)

@@ -17,24 +17,13 @@ import torch
 
 from bench_pgd_step import EAGER, FUSED, SHAPES, interleaved_medians, make_inputs, make_variants, op_bytes
 from rrm_fast.ops import pgd_backend
+from gate import synchronised
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOORS = json.loads((Path(__file__).parent / "floors.json").read_text())
 GATE_SHAPE = (512, 3, 32, 32)
 # torch.compile costs ~20 s per op and shape on the 2-core CPU: there, compile at the gate shape only.
 CPU_COMPILED_SHAPES = {GATE_SHAPE}
-
-
-def synchronised(fn):
-    if DEVICE.type != "cuda":
-        return fn
-
-    def call():
-        out = fn()
-        torch.cuda.synchronize(DEVICE)
-        return out
-
-    return call
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
