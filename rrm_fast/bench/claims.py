@@ -249,7 +249,7 @@ def run_span(run: dict) -> tuple[float, float]:
 def merge_loads(loads: list[dict]) -> dict:
     """One load summary for several runs: extremes over all, median of the runs' medians."""
     return {"cores": loads[0]["cores"], "start": loads[0]["start"], "end": loads[-1]["end"],
-            "min": min(x["min"] for x in loads), "median": statistics.median(x["median"] for x in loads),
+            "min": min(x["min"] for x in loads), "median": round(statistics.median(x["median"] for x in loads), 2),
             "max": max(x["max"] for x in loads), "samples": sum(x["samples"] for x in loads),
             "interval_s": loads[0]["interval_s"]}
 
@@ -399,7 +399,8 @@ def render_markdown(res: dict) -> str:
                      f"{100 * t['curve'][-1]['clean']:.1f} | {100 * t['curve'][-1]['robust']:.1f} | "
                      f"{100 * t['test']['clean_acc']:.2f} | {100 * t['test']['robust_acc']:.2f} | - | - |")
     for name, r in res["rows"].items():
-        note = " (reused run)" if r["reused"] else ""
+        # mark reuse per row only when this report mixes runs of different invocations
+        note = " (reused run)" if r["reused"] and len(res["reused_runs"]) < len(res["rows"]) else ""
         t_s = secs(t["train_seconds"]) if r["uses_teacher"] and t else "-"
         lines.append(f"| {METHOD_LABELS.get(name, name)}{note} | {t_s} | "
                      f"{secs(r['train_seconds'])} | {r['wall_seconds']:.0f} | {r['run_load']['median']:g} | {r['epochs_run']} | "
@@ -562,6 +563,7 @@ def _run_claims(args, argv) -> dict:
         mtime = Path(teacher_report).stat().st_mtime
         teacher = teacher_info(teacher_report, trained_here=first <= mtime <= last)
     machine = describe_machine(next(iter(rows.values()))["device"])
+    machine.pop("loadavg")  # this process's moment; the runs' load is res["load"] and each row's run_load
     threads = {r["torch_threads"] for r in rows.values() if r["torch_threads"] is not None}
     if len(threads) == 1:  # the threads the runs used, not this (possibly re-rendering) process's
         machine["torch_threads"] = threads.pop()
