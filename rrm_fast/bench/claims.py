@@ -1,7 +1,7 @@
 """The claims harness: robust accuracy against wall-clock training time, and the speed-up claims.
 
     python -m rrm_fast.bench claims --quick                          # a short version (<= 20 min on 2 CPU cores)
-    python -m rrm_fast.bench claims --out benchmarks/results/claims_cpu   # the recorded run
+    python -m rrm_fast.bench claims --threads 1                      # the recorded run -> benchmarks/results/claims_cpu
     python -m rrm_fast.bench claims --methods all                    # + the peer methods (KD, KDIGA, ARD, RSLAD, TRADES)
 
 Every method trains the same student architecture (the demo's ``cnn_wide``) on the same
@@ -12,7 +12,9 @@ training images, on the same machine, in one session, through the one trainer
 Time series: the trainer's ``metrics.jsonl`` row of every epoch gives clean and PGD-10
 accuracy on a held-out slice of the *training* split and the epoch's training seconds; the
 curve of a method is (cumulative training seconds, held-out accuracy) at each epoch end. The
-training seconds exclude the held-out monitoring and the final evaluation. RRM's curve starts
+training seconds exclude the held-out monitoring and the final evaluation; they are wall-clock
+seconds, or with ``--threads 1`` on a CPU (``--clock auto``) the computing thread's CPU seconds,
+which other jobs on a shared machine cannot inflate (see ``training_clock``). RRM's curve starts
 after its teacher's training time (the teacher's own curve is drawn before it, as in the
 paper's figure); "teacher excluded" figures start RRM at 0.
 
@@ -77,7 +79,9 @@ TIME_FRACTION = 0.2     # RRM student time <= 1/5 of PGD-AT's (issue 8 acceptanc
 # --------------------------------------------------------------------------- configuration
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m rrm_fast.bench claims", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="benchmarks/results/claims_cpu", help="directory for claims.json/.md/.png")
+    p.add_argument("--out", default=None, help="directory for claims.json/.md/.png (default: "
+                                                 "benchmarks/results/claims_<device> for the full run, "
+                                                 "runs/claims-quick/results with --quick)")
     p.add_argument("--runs-dir", default=None, help="where each run's directory goes (default runs/claims[-quick])")
     p.add_argument("--cache", default=None, help="teacher cache for this harness (default RUNS_DIR/cache: the teacher "
                                                   "is trained and timed in the same session as the students)")
@@ -534,14 +538,16 @@ def _run_claims(args, argv) -> dict:
     configs = method_configs(args)
     if args.reference not in [n for n, _ in configs]:
         print(f"note: --reference {args.reference} is not among --methods: no target, no claims")
-    out = Path(args.out)
+    device_kind = resolve_device(configs[0][1].device).type
+    # a quick run never overwrites the recorded results
+    out = Path(args.out or ("runs/claims-quick/results" if args.quick else f"benchmarks/results/claims_{device_kind}"))
     out.mkdir(parents=True, exist_ok=True)
     rows, runs, teacher_report = {}, {}, None
     # Methods with a teacher run first (the teacher is trained by the first of them): on a shared
     # machine whose load eases as the session goes on, that order favours the baselines, not RRM.
     # Each run's own load is recorded beside its times.
     order = sorted(configs, key=lambda nc: not METHODS[nc[0]].needs_teacher)
-    clock = resolve_clock(args.clock, str(resolve_device(configs[0][1].device).type))
+    clock = resolve_clock(args.clock, device_kind)
     for name, cfg in order:
         run = runs[name] = run_one(name, cfg, args.progress, clock)
         rep = run["report"]
