@@ -44,7 +44,7 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     assert claims.main(argv) == 0
     res2 = json.loads((out / "claims.json").read_text())
     assert all(r["reused"] for r in res2["rows"].values())
-    assert "(reused run)" in (out / "claims.md").read_text()
+    assert "reusing the finished runs of an earlier invocation" in (out / "claims.md").read_text()
 
 
 def test_cpu_clock_times_the_trainers_epochs_only_while_asked():
