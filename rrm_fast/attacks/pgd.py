@@ -31,8 +31,9 @@ class PGD(Attack):
         self.early_stop = early_stop
         self.generator = generator
 
-    def perturb(self, x, y):
-        """One restart: returns (delta, final logits, final per-sample loss)."""
+    def perturb(self, x, y, score: bool = True):
+        """One restart: returns (delta, final logits, final per-sample loss); with score=False
+        the final forward (only needed to compare restarts) is skipped and both are None."""
         delta = torch.zeros_like(x, dtype=torch.float32)
         if self.random_start and self.eps > 0:
             self.random_init_(delta, x, self.generator)
@@ -42,6 +43,8 @@ class PGD(Attack):
             if self.early_stop:
                 mask = logits.argmax(1) == y  # still correct: keep stepping
             self.step_(delta, grad, x, self.alpha, mask)
+        if not score:
+            return delta, None, None
         with torch.no_grad():
             logits = self.model(x + delta)
             loss = self.loss_fn(logits, y)
@@ -49,7 +52,7 @@ class PGD(Attack):
 
     def forward(self, x, y):
         x = x.detach().float()
-        best_delta, best_logits, best_loss = self.perturb(x, y)
+        best_delta, best_logits, best_loss = self.perturb(x, y, score=self.restarts > 1)
         if self.restarts == 1:
             return (x + best_delta).detach()
         fooled = best_logits.argmax(1) != y
