@@ -10,27 +10,20 @@ forward is skipped.
 """
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, distill_kl, forward_pair, has_batchnorm
-from .kd import KD_ALPHA_HELP, KD_TEMP_HELP
+from .base import StepOutput, register
+from .distill import distill_kl, forward_pair, has_batchnorm
+from .kd import KD
 
 
 @register
-class ARD(Method):
+class ARD(KD):
+    """KD's options, defaults and their checks; the distilled student output is adversarial."""
     name = "ard"
     paper = "Goldblum et al., Adversarially Robust Distillation (AAAI 2020)"
-    needs_teacher = True
-    teacher_outputs = frozenset({"logits"})
     adversarial = True
-    options = {
-        "kd_temp": Option(30.0, KD_TEMP_HELP),
-        "kd_alpha": Option(1.0, KD_ALPHA_HELP),
-    }
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        check_range(self.name, "kd_temp", self.kd_temp, 0.0, lo_open=True)
-        check_range(self.name, "kd_alpha", self.kd_alpha, 0.0, 1.0)
         self.joint_forward = not has_batchnorm(self.student)
 
     def perturb(self, x, y):
