@@ -55,6 +55,7 @@ from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig, train_run
 from .machine import LoadSampler, describe_load, describe_machine, summary as machine_summary
+from .compare import reusable_report
 
 CORE_METHODS = ("pgd_at", "fast_at", "free_at", "rrm")
 # peers whose target is empirical L-inf robustness (CRT / Gaussian augmentation aim at certified L2
@@ -201,15 +202,6 @@ def training_clock(clock: str):
 
 
 # --------------------------------------------------------------------------- running
-def reusable_report(cfg: TrainConfig):
-    """The report of a finished run with exactly this config, else None."""
-    out = Path(cfg.out)
-    try:
-        old_cfg = json.loads((out / "config.json").read_text())
-        report = json.loads((out / "report.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return report if old_cfg == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
 def read_curve(metrics_path: Path) -> list[dict]:
