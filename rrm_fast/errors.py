@@ -11,6 +11,9 @@ import sys
 
 
 def run_cli(fn) -> int:
+    """Every rrm_fast CLI runs through here: process-wide settings, then fn, then one-line errors."""
+    from .runtime import keep_freed_host_memory
+    keep_freed_host_memory()
     try:
         return fn()
     except (ValueError, FileNotFoundError) as e:
