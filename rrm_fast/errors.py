@@ -22,3 +22,11 @@ def run_cli(fn) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        # Ctrl-C / SIGTERM: the trainer's TrainingInterrupted has saved a state and says how
+        # to resume; any CLI that runs training (train, bench claims/compare) ends the same way
+        if os.environ.get("RRM_FAST_TRACEBACK"):
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(getattr(e, "message", None) or "interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)

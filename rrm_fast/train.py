@@ -875,11 +875,7 @@ def main(argv=None) -> int:
         return 0
 
     try:
-        return run_cli(run)
-    except TrainingInterrupted as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(e.message, file=sys.stderr)
-        return e.exit_code
+        return run_cli(run)  # also turns TrainingInterrupted into its message and exit code
     finally:
         dist_util.shutdown()
 

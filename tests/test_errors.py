@@ -136,3 +136,44 @@ def test_a_directory_holding_another_run_is_left_alone(tmp_path):
     assert r.stderr.strip().count("\n") == 0, r.stderr
     assert (tmp_path / "config.json").read_text() == "{}" and (tmp_path / "metrics.jsonl").read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.jsonl"]
+
+
+def test_every_cli_ends_an_interrupt_with_its_message_and_exit_code(capsys, monkeypatch):
+    """run_cli (what every CLI main runs: train, eval, bench claims/compare/steps) turns the
+    trainer's TrainingInterrupted into its one-line resume hint and 128 + signal, and a bare
+    Ctrl-C anywhere else into "interrupted" and 130 -- no traceback."""
+    import signal
+
+    from rrm_fast.errors import run_cli
+
+    monkeypatch.delenv("RRM_FAST_TRACEBACK", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+
+    def stopped():
+        raise train_mod.TrainingInterrupted(signal.SIGTERM, "interrupted by SIGTERM; resume with X")
+
+    assert run_cli(stopped) == 143
+    assert capsys.readouterr().err.strip() == "interrupted by SIGTERM; resume with X"
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    assert run_cli(ctrl_c) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+    monkeypatch.setenv("RANK", "1")  # only rank 0 speaks under torchrun
+    assert run_cli(stopped) == 143
+    assert capsys.readouterr().err == ""
+
+
+def test_claims_cli_interrupted_mid_run_prints_the_hint_not_a_traceback(capsys, monkeypatch):
+    import signal
+
+    from rrm_fast.bench import claims
+
+    def interrupted_run(*a, **kw):
+        raise train_mod.TrainingInterrupted(signal.SIGINT, "interrupted by SIGINT; resume with Y")
+
+    monkeypatch.setattr(claims, "run_claims", interrupted_run)
+    assert claims.main(["--quick"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted by SIGINT; resume with Y"

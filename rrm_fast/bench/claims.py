@@ -54,7 +54,7 @@ from ..errors import run_cli
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig, train_run
-from .machine import LoadSampler, describe_load, describe_machine, summary as machine_summary
+from .machine import LoadSampler, describe_load, load_verdict, describe_machine, summary as machine_summary
 from .compare import reusable_report
 
 CORE_METHODS = ("pgd_at", "fast_at", "free_at", "rrm")
@@ -367,8 +367,8 @@ def render_markdown(res: dict) -> str:
     lines = [f"# Claims: robust accuracy against training time ({s['dataset']}, {m['device']})", "",
              f"Produced by `{res['command']}`: runs from {res['started']} to {res['finished']} "
              f"({res['wall_seconds'] / 60:.1f} min), on {m['summary']}; {describe_load(res['load'])} during the runs "
-             f"(median of the runs' medians). The machine was shared: absolute times are this machine's under "
-             "this load; all methods ran in the same session, so the ratios compare like with like."
+             f"(median of the runs' medians). {load_verdict(res['load'], m.get('torch_threads', 1))}; "
+             "all methods ran in the same session, so the ratios compare like with like."
              + (f" Rendered {res['rendered']}, reusing the finished runs of an earlier invocation "
                 f"({', '.join(res['reused_runs'])}) with their own times." if res["reused_runs"] else ""), ""]
     if res["quick"]:

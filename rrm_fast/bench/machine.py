@@ -81,6 +81,14 @@ class LoadSampler:
                 "interval_s": self.interval}
 
 
+def load_verdict(stats: dict, threads: int) -> str:
+    """Whether other jobs shared the machine: a median load above the benchmark's own threads
+    (plus half a core of slack for the interpreter and the kernel) means they did."""
+    if stats["median"] > threads + 0.5:
+        return "Other jobs shared the machine: absolute times are this machine's under this load"
+    return "Nothing else ran (the load is the benchmark's own)"
+
+
 def describe_load(stats: dict) -> str:
     return (f"1-min load average {stats['median']:g} median (min {stats['min']:g}, max {stats['max']:g}, "
             f"{stats['samples']} samples) on {stats['cores']} cores")
