@@ -10,6 +10,17 @@ import os
 import sys
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM after the work done so far was saved; ``message`` says how to go on.
+    run_cli prints it as one line and exits 128 + signal (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.message = message
+
+
 def run_cli(fn) -> int:
     """Every rrm_fast CLI runs through here: process-wide settings, then fn, then one-line errors."""
     from .runtime import keep_freed_host_memory
@@ -23,8 +34,8 @@ def run_cli(fn) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        # Ctrl-C / SIGTERM: the trainer's TrainingInterrupted has saved a state and says how
-        # to resume; any CLI that runs training (train, bench claims/compare) ends the same way
+        # Ctrl-C / SIGTERM: an Interrupted (the trainer's, the evaluator's) has saved its work
+        # and says how to go on; a bare KeyboardInterrupt from anywhere else is "interrupted"
         if os.environ.get("RRM_FAST_TRACEBACK"):
             raise
         if int(os.environ.get("RANK", "0")) == 0:

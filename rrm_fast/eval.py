@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -432,8 +433,10 @@ def _checkpoint_sigma(train_cfg: dict):
 def main(argv=None) -> int:
     from .checkpoint import atomic_write_json, load_model
     from .data import load_dataset
-    from .errors import run_cli
+    from .errors import Interrupted, run_cli
     from .runtime import resolve_device
+
+    partial = {}  # the progress file of the running evaluation, for the Ctrl-C message
 
     def run():
         args = build_parser().parse_args(argv)
@@ -461,6 +464,7 @@ def main(argv=None) -> int:
         suffix = {"quick": ".eval.json", "standard": ".eval-standard.json", "certify": ".eval-certify.json"}[args.suite]
         out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(suffix)
         partial_path = out.with_name(out.stem + ".partial.json")
+        partial["path"] = partial_path
         show = sys.stderr.isatty()
         where = f"{dataset}/{args.split}"
         common = {"suite": args.suite, "checkpoint_sha256": meta.get("sha256"), "dataset": dataset, "split": args.split,
@@ -528,7 +532,16 @@ def main(argv=None) -> int:
         print(f"-> {out}")
         return 0
 
-    return run_cli(run)
+    def run_saving_on_interrupt():
+        try:
+            return run()
+        except KeyboardInterrupt:
+            if "path" not in partial:
+                raise
+            raise Interrupted(signal.SIGINT, f"interrupted; the finished batches are in {partial['path']}: rerun the "
+                                             f"same command with --resume to continue") from None
+
+    return run_cli(run_saving_on_interrupt)
 
 
 if __name__ == "__main__":

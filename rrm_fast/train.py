@@ -35,7 +35,7 @@ from . import distributed as dist_util
 from .checkpoint import atomic_write_json, fit_state_dict, head_classes, load_model, read_state_dict, save_model, sha256_file
 from .data import DATASETS, load_dataset, make_loader, split_holdout
 from .data.sampling import derive_seed
-from .errors import run_cli
+from .errors import Interrupted, run_cli
 from .eval import evaluate_robustness
 from .methods import METHODS, ThreatModel
 from .models import ARCHS, attach_projection, copy_head, create_model
@@ -109,15 +109,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RRM_FAST_CACHE", Path.home() / ".cache" / "rrm_fast"))
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped the run after it saved a training state; the CLI prints the
-    message and exits 128 + signal number (130 for Ctrl-C, 143 for SIGTERM)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-        self.exit_code = 128 + signum
-        self.message = message
+class TrainingInterrupted(Interrupted):
+    """SIGINT/SIGTERM stopped the run after it saved a training state."""
 
 
 class TrainingDiverged(ValueError):

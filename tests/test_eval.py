@@ -194,8 +194,9 @@ def test_standard_suite_resumes_where_it_stopped(zoo_ckpt, tmp_path, capsys, mon
 
     monkeypatch.setattr(ev, "standard_attacks", interrupted_on_second_batch)
     out = tmp_path / "r.json"
-    with pytest.raises(KeyboardInterrupt):
-        run_cli(capsys, *args, "--out", out)
+    rc, _, err = run_cli(capsys, *args, "--out", out)  # Ctrl-C: one line, exit 130, batches kept
+    assert rc == 130 and len(err.strip().splitlines()) == 1, err
+    assert "r.partial.json" in err and "--resume" in err
     partial = json.loads((tmp_path / "r.partial.json").read_text())
     assert list(partial["records"]) == ["0"]
 
