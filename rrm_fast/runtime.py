@@ -21,9 +21,9 @@ def keep_freed_host_memory() -> str:
     attack batch's activations are ~100 MiB) with a fresh mmap and unmaps it on free, so
     each forward/backward page-faults its activations in again: measured on the 2-core
     CPU, PGD-20 evaluation of the demo student spent 47 s of 77 s CPU time in the kernel
-    and ran 1.8x slower than with this switch (30.1 s against 16.5 s per 1,000 images). With mmap off and trimming off, freed blocks
-    are reused from the heap and the process keeps its high-water mark, as PyTorch's CUDA
-    caching allocator does. Called by the CLIs only (importing rrm_fast changes nothing);
+    and ran 1.8x slower than with this switch (30.1 s against 16.5 s per 1,000 images).
+    With mmap off and trimming off, freed blocks are reused from the heap and the process
+    keeps its high-water mark, as PyTorch's CUDA caching allocator does. Called by the CLIs only (importing rrm_fast changes nothing);
     RRM_FAST_HOST_ALLOCATOR=system opts out. Returns a one-line description."""
     if os.environ.get("RRM_FAST_HOST_ALLOCATOR", "").lower() == "system":
         return "host allocator: glibc defaults (RRM_FAST_HOST_ALLOCATOR=system)"
