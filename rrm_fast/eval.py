@@ -536,8 +536,8 @@ def main(argv=None) -> int:
         try:
             return run()
         except KeyboardInterrupt:
-            if "path" not in partial:
-                raise
+            if "path" not in partial or not partial["path"].exists():
+                raise  # nothing saved yet, or the result is already written: a plain "interrupted"
             raise Interrupted(signal.SIGINT, f"interrupted; the finished batches are in {partial['path']}: rerun the "
                                              f"same command with --resume to continue") from None
 
