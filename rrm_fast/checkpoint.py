@@ -1,7 +1,7 @@
 """Checkpoints: safetensors weights + a JSON sidecar (model spec, run info, checksum).
 
-Never pickles. Every file is written to a temporary name in the same directory, flushed,
-fsynced and renamed, so a crash or Ctrl-C leaves either the old file or the new one.
+Never pickles. Every file is written through rrm_fast.io (temporary name, fsync, rename), so
+a crash or Ctrl-C leaves either the old file or the new one.
 The JSON records the sha256 of the weights file; loading verifies it.
 
 Weights from elsewhere (``load_weights_into``): safetensors, or a legacy ``.pt``/``.pth``
@@ -11,18 +11,15 @@ mapped onto the zoo's (see ``adapt_state_dict``).
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .io import atomic_replace, atomic_write_json, sha256_file
 from .models import FeatureClassifier, create_model
 
 FORMAT_VERSION = 1
@@ -40,44 +37,6 @@ CONVERT_HINT = ("If you trust the file, convert it once: python -c 'import torch
                 "o = torch.load(\"{path}\", weights_only=False); "
                 "sd = o.state_dict() if hasattr(o, \"state_dict\") else o.get(\"state_dict\", o); "
                 "save_file({{k: v.contiguous() for k, v in sd.items()}}, \"{out}\")' (only for files you trust)")
-
-
-@contextlib.contextmanager
-def atomic_replace(path):
-    """Yield a temporary file name next to ``path`` for the caller to write; on success fsync it,
-    rename it over ``path`` and fsync the directory, so a crash leaves the old file or the new one.
-    On any exception (Ctrl-C included) the temporary file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_replace(path) as tmp:
-        Path(tmp).write_bytes(data)
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _tensors_for_save(state: dict) -> dict:
@@ -101,20 +60,6 @@ def write_tensor_file(path, tensors: dict) -> str:
         save_file(_tensors_for_save(tensors), tmp)
         digest = sha256_file(tmp)
     return digest
-
-
-def fsync_dir(path) -> None:
-    """Make a rename durable (the directory entry), where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_model(path, model, meta: dict | None = None) -> Path:
@@ -388,5 +333,5 @@ def head_classes(state: dict) -> int | None:
 
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "save_model", "load_model", "load_state", "read_meta",
-           "build_model", "atomic_write_json", "atomic_write_bytes", "sha256_file", "write_tensor_file",
+           "build_model", "write_tensor_file",
            "read_state_dict", "adapt_state_dict", "fit_state_dict", "load_weights_into", "head_classes"]

@@ -118,7 +118,7 @@ class ProgressFile:
         return self.records.get(str(key))
 
     def put(self, key, record: dict) -> None:
-        from .checkpoint import atomic_write_json
+        from .io import atomic_write_json
         self.records[str(key)] = record
         atomic_write_json(self.path, {"settings": self.settings, "records": self.records})
 
@@ -431,7 +431,8 @@ def _checkpoint_sigma(train_cfg: dict):
 
 
 def main(argv=None) -> int:
-    from .checkpoint import atomic_write_json, load_model
+    from .checkpoint import load_model
+    from .io import atomic_write_json
     from .data import load_dataset
     from .errors import Interrupted, run_cli
     from .runtime import resolve_device

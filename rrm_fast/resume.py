@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_json, fsync_dir, sha256_file, write_tensor_file
+from .checkpoint import CheckpointError, write_tensor_file
+from .io import atomic_write_json, atomic_write_text, fsync_dir, sha256_file
 
 FORMAT = "rrm_fast-train-state"
 FORMAT_VERSION = 1
@@ -231,11 +232,6 @@ class MetricsLog:
         """Keep the first ``n_rows`` rows (the epochs the resumed checkpoint has completed)."""
         rows = self.rows()[:n_rows]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def atomic_write_text(path, text: str) -> None:
-    from .checkpoint import atomic_write_bytes
-    atomic_write_bytes(path, text.encode())
 
 
 __all__ = ["KEEP", "MetricsLog", "capture_rng", "join_tensors", "list_states", "load_latest_state",

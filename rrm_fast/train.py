@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from . import distributed as dist_util
-from .checkpoint import atomic_write_json, fit_state_dict, head_classes, load_model, read_state_dict, save_model, sha256_file
+from .checkpoint import fit_state_dict, head_classes, load_model, read_state_dict, save_model
+from .io import atomic_write_json, sha256_file
 from .data import DATASETS, load_dataset, make_loader, split_holdout
 from .data.sampling import derive_seed
 from .errors import Interrupted, run_cli

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..io import atomic_write_json
 from ..errors import run_cli
 from ..methods import METHODS
 from ..runtime import resolve_device

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_json
+from ..io import atomic_write_json
 from ..errors import run_cli
 from ..methods import METHODS
 from ..train import TrainConfig, train_run
