@@ -12,6 +12,14 @@ import torch.nn.functional as F
 from .. import ops
 
 NORMS = ("Linf", "L2")
+# Madry et al.'s rule: k steps of 2.5 eps / k can walk from one side of the ball to the other
+# (and back) from a random start; every PGD in the project defaults to it.
+PGD_STEP_RATIO = 2.5
+
+
+def default_step(eps: float, steps: int) -> float:
+    """The PGD step size used when none is given: 2.5 * eps / steps."""
+    return PGD_STEP_RATIO * eps / steps
 
 
 def canonical_norm(norm: str) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, ce_per_sample
+from .base import Attack, ce_per_sample, default_step
 
 
 class PGD(Attack):
@@ -24,7 +24,7 @@ class PGD(Attack):
         if restarts < 1:
             raise ValueError(f"PGD restarts must be >= 1 (got {restarts})")
         self.steps = int(steps)
-        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        self.alpha = float(alpha) if alpha is not None else default_step(self.eps, self.steps)
         self.random_start = random_start
         self.restarts = int(restarts)
         self.loss_fn = loss_fn

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..attacks import default_step
 from ..io import atomic_write_json
 from ..errors import run_cli
 from ..methods import METHODS
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
         settings = {k: v for k, v in dataclasses.asdict(base).items()
                     if k not in ("method", "teacher", "method_options", "out", "head_init")}
         settings.update(teacher=args.teacher, teacher_method=args.teacher_method, head_init=args.head_init,
-                        sigma=args.sigma, attack_step_size=2.5 * base.eps / base.attack_steps if base.alpha is None else base.alpha,
+                        sigma=args.sigma, attack_step_size=default_step(base.eps, base.attack_steps) if base.alpha is None else base.alpha,
                         quick=args.quick)
         cpu = platform.processor() or platform.machine()
         result = {

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..attacks import PGD
+from ..attacks import PGD, default_step
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -39,7 +39,7 @@ class ThreatModel:
 
     @property
     def step_size(self) -> float:
-        return self.alpha if self.alpha is not None else 2.5 * self.eps / self.steps
+        return self.alpha if self.alpha is not None else default_step(self.eps, self.steps)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Method:
     def attack(self, steps=None, **kw) -> PGD:
         t = self.threat
         steps = steps or t.steps
-        alpha = kw.pop("alpha", t.alpha if t.alpha is not None else 2.5 * t.eps / steps)
+        alpha = kw.pop("alpha", t.alpha if t.alpha is not None else default_step(t.eps, steps))
         return PGD(self.student, eps=t.eps, alpha=alpha, steps=steps, norm=t.norm, **kw)
 
     @torch.no_grad()
