@@ -237,12 +237,18 @@ def test_kdiga_loss_and_its_double_backprop_gradient():
     assert not np.allclose(s.fc.weight.grad.numpy(), grad)
 
 
-def test_kdiga_refuses_a_compiled_student_in_one_line():
-    m = METHODS["kdiga"](Linear(W_S), frozen(Linear(W_T)))
-    m.student = torch.compile(m.student)  # the trainer swaps in the compiled module the same way
-    with pytest.raises(ValueError, match="drop --compile") as e:
-        m.loss(X, Y)
-    assert "\n" not in str(e.value)
+def test_kdiga_refuses_a_compiled_student_in_one_line(tmp_path, capsys):
+    """KDIGA declares the conflict (double backward); the trainer checks it once, before training."""
+    from rrm_fast.checkpoint import save_model
+    from rrm_fast.models import create_model
+
+    teacher = save_model(tmp_path / "t.safetensors", create_model("cnn_small", 10, 1, (0.286,), (0.353,), 28))
+    rc = main(["--method", "kdiga", "--teacher", str(teacher), "--compile", "--train-size", "64", "--test-size", "32",
+               "--monitor-size", "32", "--no-progress", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --method kdiga backpropagates") and "drop --compile" in err, err
+    assert "\n" not in err and not (tmp_path / "o").exists()  # refused before anything was written
+    assert METHODS["kdiga"](Linear(W_S), frozen(Linear(W_T)), iga_gamma=0.0).compile_conflict() is None
 
 
 def test_kdiga_alignment_term_against_two_explicit_backwards():
