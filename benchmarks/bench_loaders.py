@@ -38,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from rrm_fast.bench.machine import describe_machine  # noqa: E402
-from rrm_fast.bench.timing import sync  # noqa: E402,F401  (test_bench_loaders imports it from here)
+from rrm_fast.bench.timing import sync  # noqa: E402
 from rrm_fast.data import ArrayDataset, dali_available, load_dataset, make_loader  # noqa: E402
 from rrm_fast.methods import METHODS  # noqa: E402
 from rrm_fast.methods.base import ThreatModel  # noqa: E402

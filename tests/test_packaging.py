@@ -7,7 +7,8 @@ The repository is installed from a temporary copy of its files (tracked, or new 
 ignored), so the editable install never points a shared environment at this checkout.
 
 Cost: creating the venv with torch and the dependencies takes minutes, so the venv is kept
-between runs under $RRM_FAST_CACHE/test-venvs/<key>, where the key hashes setup.py's
+between runs under ~/.cache/rrm_fast/test-venvs/<key> ($RRM_FAST_TEST_VENVS overrides the
+folder; the suite's $RRM_FAST_CACHE is a fresh temporary one), where the key hashes setup.py's
 install_requires, the Python and the torch version. It stays a clean-venv test: a venv is
 only ever created by these same steps from nothing, a changed requirement list gets a new
 one, and rrm_fast itself is installed afresh from the copy on every run (a missing
@@ -68,7 +69,7 @@ def copy_of_repo(dst: Path) -> Path:
 def clean_venv(cwd: Path) -> Path:
     """A venv without system site packages holding the pinned torch (made once per key)."""
     key = hashlib.sha256(json.dumps([install_requires(), platform.python_version(), TORCH_PIN]).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("RRM_FAST_CACHE", Path.home() / ".cache" / "rrm_fast")) / "test-venvs"
+    cache = Path(os.environ.get("RRM_FAST_TEST_VENVS", Path.home() / ".cache" / "rrm_fast" / "test-venvs"))
     venv = cache / f"venv-{key}"
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"venv-{key}.lock", "w") as lock:

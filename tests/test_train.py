@@ -192,3 +192,16 @@ def test_a_bad_config_file_is_one_line_naming_the_key(text, message, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --config {path}") and message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_no_method_is_the_demo_and_flags_still_apply(tmp_path):
+    from rrm_fast.train.cli import DEMO_STUDENT, DEMO_TEACHER, parse
+
+    request = parse(["--amp", "--out", str(tmp_path / "d"), "--xent-weight", "0.01"])
+    cfg = request.cfg
+    assert request.demo and cfg.amp and cfg.out == str(tmp_path / "d" / "student")
+    assert (cfg.method, cfg.student, cfg.head_init) == (DEMO_STUDENT["method"], DEMO_STUDENT["student"], "teacher")
+    assert (cfg.teacher, cfg.teacher_method, cfg.teacher_epochs) == (DEMO_TEACHER["student"], DEMO_TEACHER["method"],
+                                                                     DEMO_TEACHER["epochs"])
+    assert cfg.method_options == {"xent_weight": 0.01}
+    assert not parse(["--method", "natural"]).demo and parse(["--method", "natural"]).cfg == TrainConfig(method="natural")

@@ -153,7 +153,7 @@ def build_models(cfg: TrainConfig, ctx, device, train_ds) -> Models:
     if ctx.enabled:  # DDP broadcasts rank 0's weights at construction; it averages gradients in the backward
         train_model = torch.nn.parallel.DistributedDataParallel(
             forward_model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False)  # buffers (BatchNorm statistics) are broadcast before each evaluation
+            forward_sync_buffers=False)  # buffers (BatchNorm statistics) are broadcast before each evaluation
         if ctx.rank > 0:  # attack random starts differ per rank, as their samples do; rank 0 keeps the 1-process stream
             seed_everything(derive_seed("rank", cfg.seed, ctx.rank))
     threat = ThreatModel(cfg.norm, cfg.eps, cfg.alpha, cfg.attack_steps)
