@@ -179,11 +179,26 @@ def test_config_file_keys_and_flag_override(tmp_path):
     assert resolved["method"] == "natural"
 
 
+def test_a_runs_config_json_is_a_config_file(tmp_path):
+    """config.json of a run (method_options nested) starts the same run elsewhere; flags override."""
+    from rrm_fast.train.cli import parse
+
+    saved = TrainConfig(method="rrm", teacher="cnn_small", method_options={"xent_weight": 0.02}, epochs=3,
+                        out=str(tmp_path / "old"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(__import__("dataclasses").asdict(saved)))
+    cfg = parse(["--config", str(path), "--out", str(tmp_path / "new"), "--feat-weight", "2"]).cfg
+    assert cfg.method_options == {"xent_weight": 0.02, "feat_weight": 2.0} and cfg.epochs == 3
+    assert cfg.out == str(tmp_path / "new") and cfg.teacher == "cnn_small"
+
+
 @pytest.mark.parametrize("text, message", [
     ("method: natural\nepochs: many\n", "--epochs: expected int, got many"),
     ("method: natural\nbogus_key: 1\n", "unknown keys ['bogus_key']"),
     ("method: rrm\nxent_weight: heavy\n", "--xent-weight: expected float, got heavy"),
     ("- a list\n", "must hold a mapping"),
+    ("method: rrm\nmethod_options: {feat_weight: much}\n", "--feat-weight: expected float, got much"),
+    ("method: rrm\nmethod_options: {sigmaa: 1}\n", "unknown keys ['sigmaa']"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_key(text, message, tmp_path, capsys):
     path = tmp_path / "bad.yaml"

@@ -35,17 +35,24 @@ def clock(name: str) -> Callable[[], float]:
     return _reader(name)
 
 
-def _reader(name: str) -> Callable[[], float]:
+def _reader(name) -> Callable[[], float]:
+    """A clock's read function from its name (a read function passes through)."""
+    if callable(name):
+        return name
     if name not in _CLOCK_FUNCTIONS:
         raise ValueError(f"unknown clock {name!r}; choose one of {', '.join(CLOCKS)}")
     return _CLOCK_FUNCTIONS[name]
 
 
-def check_clock(name: str, device: torch.device) -> None:
+def _name(clock) -> str:
+    return "thread" if clock is time.thread_time else "wall" if callable(clock) else clock
+
+
+def check_clock(name, device: torch.device) -> None:
     """``thread`` measures the work without the time other processes hold the core - but
     only all of it when the work runs on the calling thread."""
     _reader(name)
-    if name == "thread" and (torch.device(device).type != "cpu" or torch.get_num_threads() != 1):
+    if _name(name) == "thread" and (torch.device(device).type != "cpu" or torch.get_num_threads() != 1):
         raise ValueError("the thread clock needs a CPU run with 1 torch thread (--threads 1): with more, or on a GPU, "
                          "the work runs outside the calling thread and its time would not be counted")
 
@@ -60,25 +67,25 @@ def resolve_clock(name: str, device: torch.device | str) -> str:
     return name
 
 
-def time_once(fn: Callable, device: torch.device, clock: str = "wall") -> float:
-    """Seconds of one call of ``fn`` on clock ``clock`` (wall time synchronised on CUDA)."""
+def time_once(fn: Callable, device: torch.device, clock="wall") -> float:
+    """Seconds of one call of ``fn`` on ``clock`` (a name of CLOCKS or a read function such
+    as time.perf_counter), synchronised on CUDA so it measures the work, not the launch."""
     read = _reader(clock)
-    if clock == "wall":
-        sync(device)
+    sync(device)
     t0 = read()
     fn()
-    if clock == "wall":
-        sync(device)
+    sync(device)
     return read() - t0
 
 
 def interleaved_times(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
-                      rotate: bool = True, clock: str = "wall") -> dict[str, list[float]]:
+                      rotate: bool = True, clock="wall") -> dict[str, list[float]]:
     """Seconds of each call in each of ``reps`` rounds (after ``warmup`` untimed rounds).
 
     ``rotate`` starts each round at the next call, so no call always runs first after the
     previous round's last (caches, allocator, thermal state are shared alike). ``clock``:
-    "wall" (synchronised wall time) or "thread" (CPU time of this thread; see check_clock).
+    "wall" (synchronised wall time), "thread" (CPU time of this thread; see check_clock), or
+    a read function (time.perf_counter, time.thread_time).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1 (got {reps})")
@@ -101,7 +108,7 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def interleaved_medians(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
-                        clock: str = "wall") -> dict:
+                        clock="wall") -> dict:
     """Median seconds of each call, timed round-robin (see ``interleaved_times``)."""
     return medians(interleaved_times(calls, device, reps=reps, warmup=warmup, clock=clock))
 

@@ -210,16 +210,17 @@ def read_config_file(path, parser) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"--config {path} must hold a mapping of flag names to values")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = set(data) - set(FIELDS) - set(method_option_specs())
+    nested = data.pop("method_options", None) or {}  # as a run's config.json holds them
+    if not isinstance(nested, dict):
+        raise ValueError(f"--config {path}: method_options must be a mapping of option names to values")
+    unknown = (set(data) - set(FIELDS) - set(method_option_specs())) | (set(nested) - set(method_option_specs()))
     if unknown:
         raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}")
-    try:
-        checked = parser.parse_object(data, defaults=False).as_dict()
+    try:  # options are checked like their flags; a top-level key wins over method_options
+        checked = parser.parse_object({**nested, **data}, defaults=False).as_dict()
     except ArgumentError as err:
         raise ValueError(f"--config {path}: {parse_error_line(err)}") from None
-    values = values_from_flags(checked)
-    values["method_options"] = {**checked.get("method_options", {}), **values.get("method_options", {})}
-    return values
+    return values_from_flags(checked)
 
 
 def merge(*layers: dict) -> dict:
