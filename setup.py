@@ -146,7 +146,9 @@ if __name__ == "__main__":
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         python_requires=">=3.10",
-        install_requires=["torch>=2.4", "numpy", "safetensors", "pyyaml", "tqdm"],
+        # every package rrm_fast imports (tests/test_packaging.py installs exactly this into a clean venv)
+        install_requires=["torch>=2.4", "numpy", "scipy", "safetensors", "pyyaml", "tqdm", "pillow", "matplotlib",
+                          "triton>=3.1; platform_system == 'Linux'", "tensorboard", "jsonargparse>=4.40"],
         extras_require={"plot": ["matplotlib"], "dali": ["nvidia-dali-cuda130"], "test": ["pytest", "pytest-benchmark"]},
         entry_points={"console_scripts": ["rrm-fast-train=rrm_fast.train:main", "rrm-fast-eval=rrm_fast.eval:main"]},
     )

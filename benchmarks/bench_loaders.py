@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,31 +37,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from rrm_fast.bench.machine import describe_machine  # noqa: E402
+from rrm_fast.bench.timing import sync  # noqa: E402
 from rrm_fast.data import ArrayDataset, dali_available, load_dataset, make_loader  # noqa: E402
 from rrm_fast.methods import METHODS  # noqa: E402
 from rrm_fast.methods.base import ThreatModel  # noqa: E402
 from rrm_fast.models import attach_projection, copy_head, create_model  # noqa: E402
+from rrm_fast.train import Trainer  # noqa: E402
 
 DEMO_BATCH = 128
 JPEG_BATCH = 64
 
 
 def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    info = describe_machine(device)
+    return info.get("gpu") or f"{info['cpu']}, {info['cpu_cores']} cores, torch threads {info['torch_threads']}"
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -126,16 +113,8 @@ def build_rrm_step(ds: ArrayDataset, device: torch.device):
     student = student.to(memory_format=torch.channels_last)
     teacher = teacher.to(memory_format=torch.channels_last)
     method = METHODS["rrm"](student, teacher, ThreatModel("Linf", 0.1))
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def step(x, y):
-        out = method.loss(x, y)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        return out.loss
-
-    return step
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)  # the trainer's optimizer
+    return Trainer(method, opt).step  # the trainer's step, fp32
 
 
 class Feed:

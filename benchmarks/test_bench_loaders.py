@@ -10,12 +10,12 @@ training step consumes (measured interleaved in the same test, on the same devic
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
 import torch
 
-from bench_loaders import DEMO_BATCH, build_rrm_step, cifar_shaped, sync
+from bench_loaders import DEMO_BATCH, build_rrm_step, cifar_shaped
+from rrm_fast.bench.timing import sync, time_once
 from rrm_fast.data import dali_available, load_dataset, make_loader
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,19 +61,10 @@ def test_device_loader_outpaces_rrm_step(benchmark, fmnist):
     batches = [(x.clone(), y.clone()) for _, (x, y) in zip(range(2), loader)]
     step(*batches[0])  # warm-up
     load_s, step_s = [], []
-    for r in range(5):  # interleaved: a loader epoch, then two training steps
+    for r in range(5):  # interleaved: a loader epoch, then two training steps (synchronised wall time)
         loader.set_epoch(r)
-        sync(DEVICE)
-        t0 = time.perf_counter()
-        for _ in loader:
-            pass
-        sync(DEVICE)
-        load_s.append((time.perf_counter() - t0) / SUBSET)
-        t0 = time.perf_counter()
-        for x, y in batches:
-            step(x, y)
-        sync(DEVICE)
-        step_s.append((time.perf_counter() - t0) / (len(batches) * DEMO_BATCH))
+        load_s.append(time_once(lambda: [None for _ in loader], DEVICE) / SUBSET)
+        step_s.append(time_once(lambda: [step(x, y) for x, y in batches], DEVICE) / (len(batches) * DEMO_BATCH))
     ratio = statistics.median(step_s) / statistics.median(load_s)
     benchmark.extra_info.update(device=DEVICE.type, loader_images_per_s=1 / statistics.median(load_s),
                                 step_images_per_s=1 / statistics.median(step_s), ratio=ratio)

@@ -8,13 +8,12 @@ batch_size / world_size samples of every global batch (the loaders shard the epo
 rank::world_size), and gradients are averaged, so a step sees the same samples and the same
 mean gradient as a one-process step (up to float summation order).
 
-Why not torch's DistributedDataParallel wrapper: adversarial methods run forward passes
-with autograd on (PGD, FGSM, TRADES' KL attack, KDIGA's input gradient) whose backward
-computes input gradients only. DDP's reducer expects every forward with grad to end in a
-parameter backward and fails on the next iteration ("Expected to have finished reduction
-in the prior iteration"). `GradientAverager` does the part of DDP that matters here -
-bucketed all-reduces launched from post-accumulate-grad hooks, so communication overlaps
-the backward - and ignores passes that never accumulate parameter gradients.
+Gradients are averaged by torch's DistributedDataParallel, which wraps the student for the
+training forward and backward only (rrm_fast.train builds it; methods call it as
+``Method.train_model``). Attack and input-gradient passes (PGD, FGSM, TRADES' KL attack,
+KDIGA's teacher gradient) run on the unwrapped module: their backward computes input
+gradients only, which DDP's reducer would wait for in vain. This module holds the process
+group and the small collectives the trainer needs besides (stop flags, epoch sums, states).
 """
 from __future__ import annotations
 
@@ -24,9 +23,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-BUCKET_BYTES = 25 * 1024 * 1024  # DDP's default bucket size
-
 
 @dataclass
 class DistContext:
@@ -154,17 +150,9 @@ def broadcast_from_main(ctx: DistContext, obj):
     return box[0]
 
 
-def broadcast_module_(ctx: DistContext, module: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers everywhere (start of training, and buffers such as
-    BatchNorm statistics before every evaluation, as DDP's broadcast_buffers would)."""
-    if not ctx.enabled:
-        return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, src=0)
-
-
 def broadcast_buffers_(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank, before every evaluation: each
+    rank's running statistics saw only its own samples."""
     if not ctx.enabled:
         return
     with torch.no_grad():
@@ -172,78 +160,5 @@ def broadcast_buffers_(ctx: DistContext, module: torch.nn.Module) -> None:
             dist.broadcast(b.data, src=0)
 
 
-# --------------------------------------------------------------------------- gradient averaging
-class GradientAverager:
-    """Averages parameter gradients over ranks, overlapping communication with the backward.
-
-    Parameters are grouped into ~25 MB buckets in reverse registration order (the order in
-    which a backward usually finishes them). A post-accumulate-grad hook counts each
-    parameter's gradient in; once every parameter of a bucket has one, the bucket is
-    flattened, scaled by 1/world_size and all-reduced asynchronously. Buckets are launched
-    strictly in index order so every rank issues the same collectives in the same order.
-    ``finish()`` - after backward, before the optimizer step - launches any bucket left
-    (parameters that got no gradient contribute zeros and keep ``grad=None`` locally), waits,
-    and writes the averages back into ``.grad``.
-
-    Passes that compute only input gradients (``torch.autograd.grad`` in attacks) never
-    accumulate parameter gradients, so they trigger nothing.
-    """
-
-    def __init__(self, ctx: DistContext, params, bucket_bytes: int = BUCKET_BYTES):
-        self.ctx = ctx
-        params = [p for p in params if p.requires_grad]
-        buckets: list[list[torch.nn.Parameter]] = []
-        current: list[torch.nn.Parameter] = []
-        size = 0
-        for p in reversed(params):
-            if current and (size >= bucket_bytes or p.dtype != current[0].dtype or p.device != current[0].device):
-                buckets.append(current)
-                current, size = [], 0
-            current.append(p)
-            size += p.numel() * p.element_size()
-        if current:
-            buckets.append(current)
-        self.buckets = buckets
-        self.bucket_of = {id(p): i for i, b in enumerate(buckets) for p in b}
-        self._ready = [0] * len(buckets)
-        self._next = 0
-        self._inflight: list[tuple[int, torch.Tensor, Any]] = []
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
-
-    def _on_grad(self, p: torch.Tensor) -> None:
-        i = self.bucket_of[id(p)]
-        self._ready[i] += 1
-        while self._next < len(self.buckets) and self._ready[self._next] == len(self.buckets[self._next]):
-            self._launch(self._next)
-
-    def _launch(self, i: int) -> None:
-        bucket = self.buckets[i]
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
-        flat.div_(self.ctx.world_size)
-        work = dist.all_reduce(flat, async_op=True)
-        self._inflight.append((i, flat, work))
-        self._next = i + 1
-
-    def finish(self) -> None:
-        while self._next < len(self.buckets):
-            self._launch(self._next)
-        for i, flat, work in self._inflight:
-            work.wait()
-            offset = 0
-            for p in self.buckets[i]:
-                n = p.numel()
-                if p.grad is not None:
-                    p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                offset += n
-        self._inflight.clear()
-        self._ready = [0] * len(self.buckets)
-        self._next = 0
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-__all__ = ["DistContext", "GradientAverager", "all_reduce_sum_", "any_rank", "barrier", "broadcast_from_main",
-           "broadcast_module_", "broadcast_buffers_", "gather_to_main", "init_from_env", "min_over_ranks", "shutdown"]
+__all__ = ["DistContext", "all_reduce_sum_", "any_rank", "barrier", "broadcast_from_main", "broadcast_buffers_",
+           "gather_to_main", "init_from_env", "min_over_ranks", "shutdown"]

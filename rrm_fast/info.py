@@ -15,6 +15,7 @@ import sys
 import torch
 
 from . import __version__, _ext
+from .bench.machine import cpu_model
 from .ops import feature_matching_backend, pgd_backend
 
 
@@ -32,17 +33,6 @@ def _dali_version() -> str:
     dali = sorted(d.metadata["Name"] for d in importlib.metadata.distributions()
                   if (d.metadata["Name"] or "").lower().startswith("nvidia-dali"))
     return _distribution_version(*dali) if dali else "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cuda_devices() -> list[str]:
@@ -71,7 +61,7 @@ def report() -> list[tuple[str, str]]:
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"),
         ("triton", _distribution_version("triton", "pytorch-triton")),
         ("dali", _dali_version()),
-        ("cpu", f"{_cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"),
+        ("cpu", f"{cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"),
         ("cpu capability", f"torch: {torch.backends.cpu.get_cpu_capability()}"
          + (f"; rrm_fast kernels: {isa} (can run: {', '.join(cpu_ext.module.supported_cpu_isas())})" if isa else "")),
         ("cuda devices", "; ".join(_cuda_devices()) or "none"),

@@ -41,6 +41,12 @@ class RRMLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, labels: torch.Tensor,
                 student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        return self.terms(student_logits, labels, student_features, teacher_features)[0]
+
+    def terms(self, student_logits: torch.Tensor, labels: torch.Tensor, student_features: torch.Tensor,
+              teacher_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, CE term, feature term): the loss as ``forward`` returns it, and its two
+        unweighted terms (for logging; the trainer's RRM method reports them)."""
         if student_logits.shape[0] != student_features.shape[0]:
             raise ValueError(
                 f"student_logits has {student_logits.shape[0]} rows but student_features has "
@@ -48,7 +54,7 @@ class RRMLoss(nn.Module):
             )
         xent = F.cross_entropy(student_logits, labels)
         feat = feature_matching_loss(student_features, teacher_features, kind=self.kind, reduction="mean")
-        return self.xent_weight * xent + (self.feat_sign * self.feat_weight) * feat
+        return self.xent_weight * xent + (self.feat_sign * self.feat_weight) * feat, xent, feat
 
     def extra_repr(self) -> str:
         return f"xent_weight={self.xent_weight}, feat_weight={self.feat_weight}, kind={self.kind!r}"

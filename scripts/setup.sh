@@ -26,7 +26,7 @@ fi
 TORCH_VERSION=$($PYTHON -c "import torch; print(torch.__version__.split('+')[0])")
 CONSTRAINT=$(mktemp); echo "torch==${TORCH_VERSION}" > "$CONSTRAINT"
 $PYTHON -m pip install -q -c "$CONSTRAINT" numpy scipy safetensors pyyaml tqdm matplotlib pillow \
-  pytest pytest-benchmark "triton>=3.1"
+  pytest pytest-benchmark "triton>=3.1" tensorboard "jsonargparse>=4.40"
 # test-only independent attack implementation; its torchvision requirement is unused by us
 $PYTHON -c "import torchattacks" 2>/dev/null || $PYTHON -m pip install -q --no-deps "torchattacks==3.5.1"
 # optional: NVIDIA DALI (CPU-only pipelines here, GPU pipelines on a GPU). RRM_FAST_NO_DALI=1 skips it.

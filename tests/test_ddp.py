@@ -1,22 +1,19 @@
 """torchrun data parallel on CPU (gloo): two processes with the global batch split between
-them train the same model as one process (to float tolerance), a SIGTERM to the launcher
-stops both ranks at the same step with a saved state, and --resume under torchrun finishes
-the run."""
+them train the same model as one process (to float tolerance), with DistributedDataParallel
+doing the gradient all-reduce; a SIGTERM to the launcher stops both ranks at the same step
+with a saved state, and --resume under torchrun finishes the run."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from helpers import REPO, child_env, flags
 from rrm_fast import resume as resume_mod
 from rrm_fast.train import TrainConfig, train_run
-
-REPO = Path(__file__).resolve().parents[1]
 # natural training of the BatchNorm-free, dropout-free cnn_small: nothing legitimately
 # differs between 1 and 2 processes except float summation order
 CFG = dict(method="natural", student="cnn_small", epochs=2, train_size=200, batch_size=50, monitor_size=50,
@@ -25,7 +22,7 @@ DEADLINE_S = 400
 
 
 def torchrun(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -35,10 +32,7 @@ def torchrun(*args):
 
 def test_two_processes_match_one_and_resume_after_sigterm(tmp_path):
     run = tmp_path / "ddp"
-    argv = []
-    for k, v in CFG.items():
-        argv += ["--" + k.replace("_", "-"), str(v)]
-    p = torchrun(*argv, "--out", str(run))
+    p = torchrun(*flags(**CFG), "--out", str(run))
     deadline = time.monotonic() + DEADLINE_S
     while not resume_mod.list_states(run):  # the first committed state: both ranks are training
         try:  # poll the directory; waiting on the process (not sleeping) returns at once if it dies

@@ -112,7 +112,8 @@ def test_a_diverging_loss_stops_with_the_step_and_the_last_finite_value(tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--method", "natural", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
     (["--method", "natural", "--monitor-steps", "0"], "--monitor-steps and --eval-restarts must be >= 1"),
-    (["--method", "natural", "--lr", "nan"], "--lr must be a number >= 0"),
+    (["--method", "natural", "--lr", "nan"], "--lr: expected float, got nan"),
+    (["--method", "natural", "--lr", "-0.1"], "--lr must be a number >= 0"),
     (["--method", "natural", "--eps", "-0.5"], "--eps must be >= 0"),
     (["--method", "natural", "--epochs", "0"], "must be >= 1"),
     (["--method", "kd", "--teacher", "x.pt", "--teacher-arch", "resnet7"], "unknown --teacher-arch 'resnet7'"),
@@ -166,14 +167,17 @@ def test_every_cli_ends_an_interrupt_with_its_message_and_exit_code(capsys, monk
     assert capsys.readouterr().err == ""
 
 
-def test_claims_cli_interrupted_mid_run_prints_the_hint_not_a_traceback(capsys, monkeypatch):
-    import signal
-
+def test_claims_cli_interrupted_mid_run_prints_the_hint_not_a_traceback(tmp_path, capsys):
+    """Ctrl-C during a harness run (sent while the first of three minibatches ends): the trainer
+    saves its state and the claims CLI ends with the trainer's one-line hint and exit 130."""
+    from helpers import SignalAtStep
     from rrm_fast.bench import claims
 
-    def interrupted_run(*a, **kw):
-        raise train_mod.TrainingInterrupted(signal.SIGINT, "interrupted by SIGINT; resume with Y")
-
-    monkeypatch.setattr(claims, "run_claims", interrupted_run)
-    assert claims.main(["--quick"]) == 130
-    assert capsys.readouterr().err.strip() == "interrupted by SIGINT; resume with Y"
+    argv = ["--methods", "natural", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--train-size", "300", "--monitor-size", "50", "--test-size", "50", "--epochs", "1", "--monitor-steps", "1",
+            "--eval-steps", "1"]
+    assert claims.main(argv, callbacks=[SignalAtStep(1)]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGINT at epoch 1, batch 1 (step 1)") and "--resume" in last, last
+    assert resume_mod.list_states(tmp_path / "runs" / "natural")[0][0] == 1
+    assert not (tmp_path / "out" / "claims.json").exists()

@@ -116,3 +116,53 @@ def test_free_at_replays_and_carries_delta():
 def test_method_options_are_validated():
     with pytest.raises(ValueError, match="has no option"):
         METHODS["natural"](Tiny(W), bogus=1)
+
+
+def test_methods_declare_what_the_trainer_asks():
+    from rrm_fast.methods import RobustDropStop
+
+    fast = METHODS["fast_at"]
+    assert fast.default_schedule == "cyclic" and fast.early_stop == RobustDropStop(0.2)
+    others = [cls for name, cls in METHODS.items() if name != "fast_at"]
+    assert all(cls.default_schedule == "cosine" and cls.early_stop is None for cls in others)
+    teacher = Tiny(W)
+    assert "drop --compile" in METHODS["kdiga"](Tiny(W), teacher).compile_conflict()
+    assert METHODS["kdiga"](Tiny(W), teacher, iga_gamma=0.0).compile_conflict() is None
+    assert METHODS["rrm"](Tiny(W), teacher).compile_conflict() is None
+
+
+class Counting(nn.Module):
+    """Wraps a module and counts its calls (stands in for the DDP wrapper)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.calls = module, 0
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        return self.module(*a, **kw)
+
+
+@pytest.mark.parametrize("name", ["natural", "pgd_at", "fast_at", "free_at", "rrm"])
+def test_only_the_training_forward_goes_through_train_model(name):
+    student, attacked = Tiny(W), Counting(Tiny(W))
+    attacked.module.fc = student.fc  # the same weights: the count shows which module each pass used
+    wrapper = Counting(student)
+    teacher = Tiny(torch.eye(2)) if METHODS[name].needs_teacher else None
+    m = METHODS[name](attacked, teacher, ThreatModel("Linf", 0.1, 0.05, 3), train_model=wrapper)
+    m.loss(torch.full((2, 1, 1, 2), 0.5), torch.tensor([0, 1]))
+    assert wrapper.calls == 1  # the forward whose loss trains the weights
+    assert attacked.calls == {"pgd_at": 3, "fast_at": 1}.get(name, 0)  # attack passes: the unwrapped module
+
+
+def test_rrm_loss_is_the_public_rrm_loss_bit_for_bit():
+    from rrm_fast import RRMLoss
+
+    torch.manual_seed(0)
+    student, teacher = Tiny(torch.randn(3, 4)), Tiny(torch.randn(3, 4))
+    x, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    m = METHODS["rrm"](student, teacher, ThreatModel("Linf", 0.1), xent_weight=0.3, feat_weight=1.7)
+    out = m.loss(x, y)
+    logits, phi_s = student(x, return_features=True)
+    expected = RRMLoss(0.3, 1.7, "cosine")(logits, y, phi_s, teacher(x, return_features=True)[1])
+    assert torch.equal(out.loss, expected) and set(out.parts) == {"ce", "cosine"}

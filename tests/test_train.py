@@ -1,11 +1,18 @@
-"""The trainer end to end on small real Fashion-MNIST subsets, and its one-line errors."""
+"""The trainer end to end on small real Fashion-MNIST subsets and on a generated image folder;
+its TensorBoard events, its clock, its configuration files and its one-line errors."""
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from rrm_fast.train import TrainConfig, train_run
+from helpers import REPO, child_env, flags, metrics_rows, write_image_folder
+from rrm_fast.checkpoint import load_model
+from rrm_fast.data import load_dataset
+from rrm_fast.eval import evaluate_robustness
+from rrm_fast.train import Callback, TrainConfig, main, train_run
 
 SMALL = dict(train_size=600, test_size=200, monitor_size=100, monitor_steps=2, eval_steps=3, batch_size=100)
 
@@ -22,11 +29,17 @@ def test_each_baseline_trains_and_evaluates(method, tmp_path):
     cfg = TrainConfig(method=method, student="cnn_small", epochs=1, attack_steps=2, out=str(tmp_path),
                       method_options={"replays": 2} if method == "free_at" else {}, **SMALL)
     rep = train_run(cfg, progress=False)
-    assert rep["test"]["n"] == 200 and 0 <= rep["test"]["robust_acc"] <= rep["test"]["clean_acc"] <= 1
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and {"loss", "heldout_clean_acc", "heldout_robust_acc", "images_per_second"} <= set(rows[0])
+    rows = metrics_rows(tmp_path, drop=())
+    assert len(rows) == 1 and math.isfinite(rows[0]["loss"]) and rows[0]["heldout_attack"] == "PGD-2"
+    assert rows[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule (cosine; cyclic for fast_at) ran to its end
     for name in ("config.json", "report.json", "final.safetensors", "final.json", "last.safetensors"):
         assert (tmp_path / name).exists(), name
+    # the report's test figures are those of the saved checkpoint, re-evaluated through the public API
+    model, _ = load_model(rep["checkpoint"])
+    test_ds = load_dataset("fashion_mnist", "test").subset(torch.arange(SMALL["test_size"]))
+    ev = evaluate_robustness(model.to(memory_format=torch.channels_last), test_ds, eps=cfg.eps, steps=cfg.eval_steps,
+                             batch_size=500, seed=0, channels_last=True)
+    assert (ev["n"], ev["clean_acc"], ev["robust_acc"]) == (200, rep["test"]["clean_acc"], rep["test"]["robust_acc"])
 
 
 def test_rrm_student_of_another_architecture(teacher_ckpt, tmp_path):
@@ -44,7 +57,7 @@ def test_eval_cli_reproduces_the_trainers_figure(teacher_ckpt, tmp_path):
     out = tmp_path / "e.json"
     # --diag-size 0: the gradient-masking checks (tested in tests/test_eval.py) do not change the figure
     r = subprocess.run([sys.executable, "-m", "rrm_fast.eval", teacher_ckpt, "--steps", "3", "--test-size", "200",
-                        "--diag-size", "0", "--out", str(out)], capture_output=True, text=True)
+                        "--diag-size", "0", "--out", str(out)], capture_output=True, text=True, env=child_env())
     assert r.returncode == 0, r.stderr
     ev = json.loads(out.read_text())
     assert abs(ev["robust_acc"] - report["test"]["robust_acc"]) <= 0.01
@@ -62,9 +75,71 @@ def test_pgd_at_is_far_more_robust_than_natural(tmp_path):
     assert adv["test"]["robust_acc"] > nat["test"]["robust_acc"] + 0.15, (nat["test"], adv["test"])
 
 
+TINY = dict(method="natural", epochs=2, train_size=200, test_size=50, monitor_size=50, monitor_steps=1, eval_steps=1,
+            batch_size=50)
+
+
+class FakeClock(Callback):
+    """A clock that moves only when a minibatch ends, by 10 s: the trainer must time epochs with it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_batch_end(self, trainer, x, y, res):
+        self.now += 10.0
+
+
+def test_epochs_are_timed_with_the_injected_clock(tmp_path):
+    clock = FakeClock()
+    rep = train_run(TrainConfig(out=str(tmp_path), log_every=1, **TINY), progress=False, clock=clock, callbacks=[clock])
+    rows = metrics_rows(tmp_path, drop=())
+    assert [r["epoch_seconds"] for r in rows] == [40.0, 40.0]  # 4 minibatches of 10 s each, writes excluded
+    assert [r["images_per_second"] for r in rows] == [200 / 40.0, 200 / 40.0]
+    assert rep["train_seconds"] == 80.0
+
+
+def test_tensorboard_events_hold_the_run_figures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rep = train_run(TrainConfig(out=str(tmp_path), log_every=2, **TINY), progress=False)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    rows = metrics_rows(tmp_path, drop=())
+    for key in ("loss", "ce", "train_acc", "heldout_clean_acc", "heldout_robust_acc", "images_per_second", "lr"):
+        scalars = events.Scalars(f"epoch/{key}")
+        assert [s.step for s in scalars] == [4, 8], key  # x axis: minibatches done at each epoch end
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6), key
+    for key in ("loss", "ce", "lr", "images_per_second"):
+        assert [s.step for s in events.Scalars(f"step/{key}")] == [2, 4, 6, 8], key
+    assert events.Scalars("test/robust_acc")[0].value == pytest.approx(rep["test"]["robust_acc"])
+    assert {"epoch/epoch_seconds", "test/clean_acc"} <= tags
+
+
+def test_imagefolder_trains_end_to_end_from_the_cli(tmp_path):
+    """--dataset imagefolder on a generated ImageNet-style tree of JPEG and PNG files of mixed sizes."""
+    data = write_image_folder(tmp_path / "images")
+    assert {p.suffix for p in (data / "train").rglob("*.*")} == {".jpg", ".png"}
+    out = tmp_path / "run"
+    argv = ["--method", "natural", "--dataset", "imagefolder", "--data-dir", str(data), "--resolution", "32",
+            "--loader", "torch", "--out", str(out), "--no-progress",
+            *flags(epochs=1, batch_size=6, monitor_size=6, monitor_steps=1, eval_steps=1)]
+    r = subprocess.run([sys.executable, "-m", "rrm_fast.train", *argv], capture_output=True, text=True, cwd=REPO,
+                       env=child_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"] == "imagefolder" and report["test"]["n"] == 12  # 3 classes x 4 val images
+    assert json.loads((out / "config.json").read_text())["resolution"] == 32
+    meta = json.loads((out / "final.json").read_text())
+    assert meta["model"]["num_classes"] == 3 and meta["model"]["in_channels"] == 3 and meta["model"]["image_size"] == 32
+
+
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "rrm_fast.train", "--no-progress", *args], capture_output=True,
-                          text=True, cwd=cwd)
+                          text=True, cwd=cwd, env=child_env())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -72,17 +147,18 @@ def cli(*args, cwd=None):
     (["--method", "natural", "--student", "resnet7"], "unknown --student 'resnet7'"),
     (["--method", "natural", "--eps", "-1"], "--eps must be >= 0"),
     (["--method", "natural", "--attack-steps", "0"], "must be >= 1"),
+    (["--method", "natural", "--epochs", "two"], "--epochs: expected int, got two"),
     (["--method", "rrm"], "needs a teacher"),
     (["--method", "natural", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
     (["--method", "rrm", "--teacher", "/nonexistent/t.safetensors"], "not found"),
     (["--method", "natural", "--kd-temp-bogus", "3"], "unrecognized arguments"),
+    (["--method", "natural", "--resume", "/nonexistent/run"], "no config.json there"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     r = cli(*args, "--out", str(tmp_path / "o"), "--train-size", "200", "--test-size", "50")
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stderr
     assert message in r.stderr, r.stderr
-    if "invalid choice" not in message and "unrecognized" not in message:
-        assert r.stderr.strip().count("\n") == 0, r.stderr  # one line, no traceback
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: "), r.stderr  # one line, no traceback
 
 
 def test_output_dir_holding_another_run_is_refused(tmp_path):
@@ -94,9 +170,53 @@ def test_output_dir_holding_another_run_is_refused(tmp_path):
 
 def test_config_file_keys_and_flag_override(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("method: natural\nstudent: cnn_small\nepochs: 1\ntrain_size: 300\ntest_size: 100\n"
+    cfg.write_text("method: natural\nstudent: cnn_small\nepochs: 1\ntrain-size: 300\ntest_size: 100\n"
                    "monitor_size: 100\nmonitor_steps: 1\neval_steps: 1\n")
     r = cli("--config", str(cfg), "--batch-size", "150", "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     resolved = json.loads((tmp_path / "o" / "config.json").read_text())
-    assert resolved["batch_size"] == 150 and resolved["epochs"] == 1 and resolved["method"] == "natural"
+    assert resolved["batch_size"] == 150 and resolved["epochs"] == 1 and resolved["train_size"] == 300
+    assert resolved["method"] == "natural"
+
+
+def test_a_runs_config_json_is_a_config_file(tmp_path):
+    """config.json of a run (method_options nested) starts the same run elsewhere; flags override."""
+    from rrm_fast.train.cli import parse
+
+    saved = TrainConfig(method="rrm", teacher="cnn_small", method_options={"xent_weight": 0.02}, epochs=3,
+                        out=str(tmp_path / "old"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(__import__("dataclasses").asdict(saved)))
+    cfg = parse(["--config", str(path), "--out", str(tmp_path / "new"), "--feat-weight", "2"]).cfg
+    assert cfg.method_options == {"xent_weight": 0.02, "feat_weight": 2.0} and cfg.epochs == 3
+    assert cfg.out == str(tmp_path / "new") and cfg.teacher == "cnn_small"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: natural\nepochs: many\n", "--epochs: expected int, got many"),
+    ("method: natural\nbogus_key: 1\n", "unknown keys ['bogus_key']"),
+    ("method: rrm\nxent_weight: heavy\n", "--xent-weight: expected float, got heavy"),
+    ("- a list\n", "must hold a mapping"),
+    ("method: rrm\nmethod_options: {feat_weight: much}\n", "--feat-weight: expected float, got much"),
+    ("method: rrm\nmethod_options: {sigmaa: 1}\n", "unknown keys ['sigmaa']"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_key(text, message, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --config {path}") and message in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_method_is_the_demo_and_flags_still_apply(tmp_path):
+    from rrm_fast.train.cli import DEMO_STUDENT, DEMO_TEACHER, parse
+
+    request = parse(["--amp", "--out", str(tmp_path / "d"), "--xent-weight", "0.01"])
+    cfg = request.cfg
+    assert request.demo and cfg.amp and cfg.out == str(tmp_path / "d" / "student")
+    assert (cfg.method, cfg.student, cfg.head_init) == (DEMO_STUDENT["method"], DEMO_STUDENT["student"], "teacher")
+    assert (cfg.teacher, cfg.teacher_method, cfg.teacher_epochs) == (DEMO_TEACHER["student"], DEMO_TEACHER["method"],
+                                                                     DEMO_TEACHER["epochs"])
+    assert cfg.method_options == {"xent_weight": 0.01}
+    assert not parse(["--method", "natural"]).demo and parse(["--method", "natural"]).cfg == TrainConfig(method="natural")

@@ -11,28 +11,27 @@ student with the same sigma) is an extra row: CRT's goal is certified L2 robustn
 smoothed model, so its PGD figure is only the base classifier's.
 
 Writes OUT/method_comparison_<dataset>.json and .md, and each run under --runs-dir (default
-runs/compare; a run whose report.json was written with the same settings is reused, so an
-interrupted comparison resumes where it stopped).
+runs/compare; a finished run with the same settings and clock is reused, so an interrupted
+comparison resumes where it stopped: harness.py).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from ..attacks import default_step
-from ..io import atomic_write_json
 from ..errors import run_cli
+from ..io import atomic_write_json
 from ..methods import METHODS
-from ..train import TrainConfig, train_run
+from ..runtime import resolve_device
+from ..train import TrainConfig
+from . import harness
+from .machine import describe_load
 
 METHOD_ORDER = ("natural", "pgd_at", "fast_at", "free_at", "rrm", "rslad", "kdiga", "ard", "kd", "trades", "crt")
 # extra rows: a method with one setting changed. crt_chain: CRT with its own gaussian_aug teacher
@@ -72,26 +71,15 @@ def build_parser():
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--sigma", type=float, default=0.25, help="noise of the CRT chain's teacher and student")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's choice); on a shared, oversubscribed CPU 1 "
-                        "thread can be several times faster than OpenMP threads stalling on each other")
     p.add_argument("--tag", default=None, help="suffix of the results files' names, for a second table with other settings")
-    p.add_argument("--progress", action="store_true", help="progress bars for each run")
+    harness.add_run_arguments(p, clock_default="wall")
     return p
 
 
 def method_configs(args) -> list[tuple[str, TrainConfig]]:
-    budget = QUICK if args.quick else FULL
-    size = {k: getattr(args, k) if getattr(args, k) is not None else budget[k] for k in budget}
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS and m not in VARIANTS]
-    if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS) + list(VARIANTS))}")
-    if not names:
-        raise ValueError("--methods is empty; name at least one method")
-    if args.teacher_method not in METHODS or METHODS[args.teacher_method].needs_teacher:
-        raise ValueError(f"--teacher-method {args.teacher_method!r} must be a method that trains without a teacher, "
-                         "e.g. fast_at, pgd_at, natural, gaussian_aug")
+    size = harness.budget(args, FULL, QUICK)
+    names = harness.select_methods(args.methods, METHOD_ORDER + tuple(VARIANTS), VARIANTS)
+    harness.check_teacher_method(args.teacher_method)
     common = dict(student=args.student, dataset=args.dataset, eps=args.eps, attack_steps=args.attack_steps,
                   batch_size=args.batch_size, monitor_steps=args.monitor_steps, seed=args.seed,
                   teacher_method=args.teacher_method, **size)
@@ -107,17 +95,6 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
         cfg.out = str(Path(args.runs_dir) / name)
         out.append((name, cfg))
     return out
-
-
-def reusable_report(cfg: TrainConfig):
-    """The report of a finished run with exactly this config, else None."""
-    out = Path(cfg.out)
-    try:
-        old_cfg = json.loads((out / "config.json").read_text())
-        report = json.loads((out / "report.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return report if old_cfg == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
 def row_from(name, cfg, report, wall_seconds) -> dict:
@@ -168,7 +145,8 @@ def render_markdown(result: dict) -> str:
     s = result["settings"]
     lines = [f"# Method comparison on {s['dataset']}", "",
              f"Produced by `{result['command']}` on {result['machine']['summary']}, "
-             f"{result['started']} to {result['finished']}.", "",
+             f"{result['started']} to {result['finished']}; {describe_load(result['load'])} during the runs; "
+             f"training times by the {s['clock']} clock.", "",
              f"Student `{s['student']}` for every method, {s['epochs']} epoch(s) "
              f"(Free AT: {s['epochs']} / replays, rounded, at least 1), {s['train_size']} training images "
              f"(+{s['monitor_size']} held out for a per-epoch PGD-{s['monitor_steps']} check), batch {s['batch_size']}, SGD lr {s['lr']} "
@@ -208,64 +186,30 @@ def render_markdown(result: dict) -> str:
                          f"{100 * t['robust_acc']:.2f} | {t['train_seconds']:.1f} |")
     lines += ["", "Columns: *train s* is the sum of the epochs' times (no teacher, no monitoring, no final evaluation); "
               "*img/s* is training images (times replays) per second; *wall s* is the whole run including data "
-              "loading, per-epoch monitoring and the final evaluation. The machine is shared "
-              f"(load average {result['machine']['loadavg_start']} at the start, {result['machine']['loadavg_end']} "
-              "at the end), so times are comparable only roughly and only within this table.",
+              "loading, per-epoch monitoring and the final evaluation. On a shared machine wall times are comparable "
+              "only roughly and only within this table.",
               "", "PGD accuracy for crt / crt_chain / gaussian_aug is the base classifier's under an L-inf attack; "
               "those methods target certified L2 robustness of the Gaussian-smoothed classifier, which this table "
               "does not measure.", ""]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, callbacks=()) -> int:
+    """The command line; ``callbacks`` go to every run's trainer."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+
     def run():
         args = build_parser().parse_args(argv)
         if args.tag is not None and not args.tag.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"--tag {args.tag!r}: use letters, digits, '_' and '-' only (it becomes part of a file name)")
         configs = method_configs(args)
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-            torch.set_num_threads(args.threads)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        load_start = [round(v, 2) for v in os.getloadavg()]
-        rows, teachers = [], {}
-        for name, cfg in configs:
-            report = reusable_report(cfg)
-            if report is not None:
-                print(f"== {name}: reusing the finished run in {cfg.out}")
-                wall = report.get("compare_wall_seconds", float("nan"))
-            else:
-                print(f"== {name}")
-                t0 = time.perf_counter()
-                report = train_run(cfg, progress=args.progress, exist_ok=True)
-                wall = time.perf_counter() - t0
-                report["compare_wall_seconds"] = wall
-                atomic_write_json(Path(cfg.out) / "report.json", report)
-            rows.append(row_from(name, cfg, report, wall))
-            if report.get("teacher_report") and report["teacher_report"] not in teachers:
-                teachers[report["teacher_report"]] = teacher_row(report["teacher_report"], cfg)
-        base = configs[0][1]
-        settings = {k: v for k, v in dataclasses.asdict(base).items()
-                    if k not in ("method", "teacher", "method_options", "out", "head_init")}
-        settings.update(teacher=args.teacher, teacher_method=args.teacher_method, head_init=args.head_init,
-                        sigma=args.sigma, attack_step_size=default_step(base.eps, base.attack_steps) if base.alpha is None else base.alpha,
-                        quick=args.quick)
-        cpu = platform.processor() or platform.machine()
-        result = {
-            "command": "python -m rrm_fast.bench.compare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-            "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "machine": {"summary": f"{os.cpu_count()} CPU core(s) ({cpu}, {torch.get_num_threads()} torch thread(s)), "
-                                   f"torch {torch.__version__}, "
-                                   f"device {rows[0]['device']}, {rows[0]['precision']}",
-                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-                        "loadavg_start": load_start, "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
-            "settings": settings, "rows": rows, "teachers": list(teachers.values())}
+        with harness.torch_threads(args.threads):
+            result = compare(args, argv, configs, callbacks)
         stem = f"method_comparison_{'fmnist' if args.dataset == 'fashion_mnist' else args.dataset}"
         if args.tag:
             stem += "_" + args.tag
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"{stem}.json", result)
         (out / f"{stem}.md").write_text(render_markdown(result))
         print(render_markdown(result))
@@ -273,6 +217,30 @@ def main(argv=None) -> int:
         return 0
 
     return run_cli(run)
+
+
+def compare(args, argv, configs, callbacks) -> dict:
+    """Every configured run (trained or reused), as table rows with the session's settings and machine."""
+    clock = harness.resolve_clock(args.clock, resolve_device(configs[0][1].device))
+    rows, teachers, runs = [], {}, []
+    for name, cfg in configs:
+        run = harness.run_or_reuse(name, cfg, clock=clock, progress=args.progress, callbacks=callbacks)
+        runs.append(run)
+        report = run["report"]
+        rows.append(row_from(name, cfg, report, run["wall_seconds"]))
+        if report.get("teacher_report") and report["teacher_report"] not in teachers:
+            teachers[report["teacher_report"]] = teacher_row(report["teacher_report"], cfg)
+    base = configs[0][1]
+    settings = {k: v for k, v in dataclasses.asdict(base).items()
+                if k not in ("method", "teacher", "method_options", "out", "head_init")}
+    settings.update(teacher=args.teacher, teacher_method=args.teacher_method, head_init=args.head_init,
+                    sigma=args.sigma, attack_step_size=default_step(base.eps, base.attack_steps) if base.alpha is None
+                    else base.alpha, quick=args.quick, clock=clock)
+    ses = harness.session(runs, rows[0]["device"])
+    return {"command": "python -m rrm_fast.bench.compare " + " ".join(shlex.quote(a) for a in argv),
+            "started": ses["started"], "finished": ses["finished"], "rendered": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": {**ses["machine"], "summary": f"{ses['machine']['summary']}, {rows[0]['precision']}"},
+            "load": ses["load"], "settings": settings, "rows": rows, "teachers": list(teachers.values())}
 
 
 if __name__ == "__main__":

@@ -19,12 +19,20 @@ import torch
 
 
 def cpu_model() -> str:
+    """The CPU's model name: lscpu, else /proc/cpuinfo, else what platform knows."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=10).stdout
         m = re.search(r"Model name:\s*(.+)", out)
         if m:
             return m.group(1).strip()
     except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
 

@@ -52,6 +52,7 @@ from ..attacks import ce_per_sample
 from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..runtime import resolve_device
+from ..train import Trainer
 from .machine import LoadSampler, describe_load, describe_machine
 from .timing import CLOCKS, check_clock, interleaved_times, per_round_median
 
@@ -87,16 +88,8 @@ def demo_batch(batch_size: int, device: torch.device, channels_last: bool, seed:
 
 
 def train_step(method, optimizer):
-    """The trainer's inner loop for one minibatch (rrm_fast.train.train_run), fp32, no scaler."""
-    def step(x, y):
-        for _ in range(method.replays):
-            res = method.loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            res.loss.backward()
-            method.after_backward()
-            optimizer.step()
-        return res.loss
-    return step
+    """One minibatch exactly as the trainer runs it (rrm_fast.train.Trainer.step), fp32."""
+    return Trainer(method, optimizer).step
 
 
 def build_steps(device="cpu", batch_size: int = 128, student_arch: str = "cnn_wide", teacher_arch: str = "cnn_small",

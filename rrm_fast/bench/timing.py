@@ -1,9 +1,17 @@
-"""Round-robin timing for ratios measured in one run.
+"""Timing for ratios measured in one run, and the one clock switch.
 
-A ratio of two timings taken minutes apart on a shared machine measures the load, not the
-code. ``interleaved_times`` times every call once per round, in turn, for ``reps`` rounds,
-so a burst of load falls on all of them alike; ratios are then taken between medians of the
-same run. Each timed call is synchronised on CUDA, so it measures the work, not the launch.
+Clocks. ``wall`` is time.perf_counter (synchronised on CUDA by the callers that time device
+work). ``thread`` is the calling thread's CPU time: with one torch thread on a CPU all of a
+training step runs on that thread, so its CPU time is the time the work takes on this
+machine with nothing else running, which other jobs on a shared machine cannot inflate (they
+still share caches and memory bandwidth). ``clock(name)`` returns the function to read; the
+trainer takes it by injection (``train_run(cfg, clock=clock("thread"))``).
+
+Round robin. A ratio of two timings taken minutes apart on a shared machine measures the
+load, not the code. ``interleaved_times`` times every call once per round, in turn, for
+``reps`` rounds, so a burst of load falls on all of them alike; ratios are then taken between
+medians of the same run. Each timed call is synchronised on CUDA, so it measures the work,
+not the launch.
 """
 from __future__ import annotations
 
@@ -13,44 +21,71 @@ from typing import Callable
 
 import torch
 
+CLOCKS = ("wall", "thread")
+_CLOCK_FUNCTIONS = {"wall": time.perf_counter, "thread": time.thread_time}
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-CLOCKS = ("wall", "thread")
+def clock(name: str) -> Callable[[], float]:
+    """The function that reads clock ``name`` (seconds)."""
+    return _reader(name)
 
 
-def check_clock(clock: str, device: torch.device) -> None:
-    """``thread`` (CPU time of the calling thread) measures the work without the time other
-    processes hold the core - but only all of it when the work runs on that one thread."""
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose one of {', '.join(CLOCKS)}")
-    if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+def _reader(name) -> Callable[[], float]:
+    """A clock's read function from its name (a read function passes through)."""
+    if callable(name):
+        return name
+    if name not in _CLOCK_FUNCTIONS:
+        raise ValueError(f"unknown clock {name!r}; choose one of {', '.join(CLOCKS)}")
+    return _CLOCK_FUNCTIONS[name]
+
+
+def _name(clock) -> str:
+    return "thread" if clock is time.thread_time else "wall" if callable(clock) else clock
+
+
+def check_clock(name, device: torch.device) -> None:
+    """``thread`` measures the work without the time other processes hold the core - but
+    only all of it when the work runs on the calling thread."""
+    _reader(name)
+    if _name(name) == "thread" and (torch.device(device).type != "cpu" or torch.get_num_threads() != 1):
         raise ValueError("the thread clock needs a CPU run with 1 torch thread (--threads 1): with more, or on a GPU, "
                          "the work runs outside the calling thread and its time would not be counted")
 
 
-def time_once(fn: Callable, device: torch.device, clock: str = "wall") -> float:
-    if clock == "thread":
-        t0 = time.thread_time()
-        fn()
-        return time.thread_time() - t0
+def resolve_clock(name: str, device: torch.device | str) -> str:
+    """``auto``: the thread clock where it measures everything (a CPU run with one torch
+    thread), else wall time; any other name is checked and returned."""
+    device = torch.device(device)
+    if name == "auto":
+        name = "thread" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+    check_clock(name, device)
+    return name
+
+
+def time_once(fn: Callable, device: torch.device, clock="wall") -> float:
+    """Seconds of one call of ``fn`` on ``clock`` (a name of CLOCKS or a read function such
+    as time.perf_counter), synchronised on CUDA so it measures the work, not the launch."""
+    read = _reader(clock)
     sync(device)
-    t0 = time.perf_counter()
+    t0 = read()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    return read() - t0
 
 
 def interleaved_times(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
-                      rotate: bool = True, clock: str = "wall") -> dict[str, list[float]]:
+                      rotate: bool = True, clock="wall") -> dict[str, list[float]]:
     """Seconds of each call in each of ``reps`` rounds (after ``warmup`` untimed rounds).
 
     ``rotate`` starts each round at the next call, so no call always runs first after the
     previous round's last (caches, allocator, thermal state are shared alike). ``clock``:
-    "wall" (synchronised wall time) or "thread" (CPU time of this thread; see check_clock).
+    "wall" (synchronised wall time), "thread" (CPU time of this thread; see check_clock), or
+    a read function (time.perf_counter, time.thread_time).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1 (got {reps})")
@@ -72,9 +107,10 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def interleaved_medians(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3) -> dict:
+def interleaved_medians(calls: dict[str, Callable], device: torch.device, reps: int = 20, warmup: int = 3,
+                        clock="wall") -> dict:
     """Median seconds of each call, timed round-robin (see ``interleaved_times``)."""
-    return medians(interleaved_times(calls, device, reps=reps, warmup=warmup))
+    return medians(interleaved_times(calls, device, reps=reps, warmup=warmup, clock=clock))
 
 
 def per_round_median(times: dict[str, list[float]], fn: Callable[[dict], float]) -> float:

@@ -34,11 +34,11 @@ class ARD(KD):
         x_adv = self.perturb(x, y)
         parts = {}
         if self.kd_alpha < 1.0:
-            logits_adv, logits_nat = forward_pair(self.student, x_adv, x, self.joint_forward)
+            logits_adv, logits_nat = forward_pair(self.train_model, x_adv, x, self.joint_forward)
             ce = F.cross_entropy(logits_nat, y)
             parts["ce"] = ce.detach()
         else:
-            logits_adv, ce = self.student(x_adv), 0.0
+            logits_adv, ce = self.train_model(x_adv), 0.0
         kd = distill_kl(logits_adv, t_logits, self.kd_temp)
         parts["kd_adv"] = kd.detach()
         loss = self.kd_alpha * kd + (1.0 - self.kd_alpha) * ce

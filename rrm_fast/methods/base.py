@@ -2,9 +2,19 @@
 
 A method is one small class with one loss. The trainer calls, per minibatch,
 ``for _ in range(method.replays): out = method.loss(x, y); backward; method.after_backward(); step``.
-A method declares what it needs so the trainer computes only that:
-``needs_teacher`` (load a frozen teacher) and ``teacher_outputs`` ({"logits"}, {"features"}).
+A method declares what it needs, so the trainer never asks for a method by name:
+``needs_teacher`` (load a frozen teacher; ``check_teacher`` is the one check),
+``teacher_outputs`` ({"logits"}, {"features"}), ``default_schedule`` (the learning-rate
+schedule of ``--schedule auto``), ``early_stop`` (a stopping policy such as
+``RobustDropStop``) and ``compile_conflict()`` (why ``--compile`` cannot run it, if so).
 Method-specific options are declared in ``options`` and become CLI flags / config keys.
+
+Two modules: ``student`` is the model itself (or its torch.compile wrapper); attacks,
+input-gradient passes and train/eval switches use it. ``train_model`` is what the forward
+of the training loss runs through: the same module, or the DistributedDataParallel wrapper
+under torchrun, whose backward all-reduces the weight gradients. Attack passes never go
+through the wrapper (their backward computes input gradients only, which DDP's reducer
+does not expect).
 """
 from __future__ import annotations
 
@@ -42,6 +52,13 @@ class ThreatModel:
         return self.alpha if self.alpha is not None else default_step(self.eps, self.steps)
 
 
+@dataclass(frozen=True)
+class RobustDropStop:
+    """Early-stop policy: when the held-out robust accuracy falls more than ``drop`` below its
+    best, restore the best epoch's weights and stop (catastrophic overfitting of FGSM training)."""
+    drop: float
+
+
 @dataclass
 class StepOutput:
     loss: torch.Tensor                  # scalar to backpropagate
@@ -56,18 +73,30 @@ class Method:
     teacher_outputs: frozenset = frozenset()
     adversarial = False                 # trains on attacked inputs (used by reports)
     replays = 1                         # Free AT replays each minibatch
+    default_schedule = "cosine"         # the learning-rate schedule --schedule auto picks
+    early_stop: RobustDropStop | None = None
     options: dict[str, Option] = {}
 
-    def __init__(self, student, teacher=None, threat: ThreatModel | None = None, **opts):
-        if self.needs_teacher and teacher is None:
-            raise ValueError(f"--method {self.name} needs a teacher: pass --teacher CKPT (a trained model) or --teacher ARCH")
+    def __init__(self, student, teacher=None, threat: ThreatModel | None = None, *, train_model=None, **opts):
+        self.check_teacher(teacher is not None)
         self.student = student
+        self.train_model = student if train_model is None else train_model
         self.teacher = teacher
         self.threat = threat or ThreatModel()
         for key, opt in self.options.items():
             setattr(self, key, opt.type(opts.pop(key, opt.default)))
         if opts:
             raise ValueError(f"--method {self.name} has no option(s) {sorted(opts)}; it takes {sorted(self.options)}")
+
+    @classmethod
+    def check_teacher(cls, has_teacher: bool) -> None:
+        """The one "needs a teacher" check (the trainer runs it before loading any data)."""
+        if cls.needs_teacher and not has_teacher:
+            raise ValueError(f"--method {cls.name} needs a teacher: pass --teacher CKPT (a trained model) or --teacher ARCH")
+
+    def compile_conflict(self) -> str | None:
+        """Why torch.compile cannot train this method with these options, or None."""
+        return None
 
     def attack(self, steps=None, **kw) -> PGD:
         t = self.threat

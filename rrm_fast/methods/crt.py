@@ -39,7 +39,7 @@ class CRT(Method):
     def loss(self, x, y):
         x_noisy = gaussian_noise_like(x, self.sigma)
         t_logits, _ = self.teacher_forward(x_noisy)
-        logits = self.student(x_noisy)
+        logits = self.train_model(x_noisy)
         match = torch.linalg.vector_norm(upcast(logits) - upcast(t_logits), ord=2, dim=1).mean()
         ce = F.cross_entropy(logits, y)
         loss = self.crt_alpha * match + (1.0 - self.crt_alpha) * ce

@@ -34,7 +34,7 @@ class FreeAT(Method):
         self._restored = False
         self.delta.requires_grad_(True)
         self._x = x
-        logits = self.student(x + self.delta)
+        logits = self.train_model(x + self.delta)
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, logits, {"ce_adv": loss.detach()})
 

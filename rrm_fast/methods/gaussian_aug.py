@@ -34,6 +34,6 @@ class GaussianAug(Method):
 
     def loss(self, x, y):
         x_noisy = gaussian_noise_like(x, self.sigma)
-        logits = self.student(x_noisy)
+        logits = self.train_model(x_noisy)
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, logits, {"ce_noisy": loss.detach()})

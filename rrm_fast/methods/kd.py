@@ -33,7 +33,7 @@ class KD(Method):
 
     def loss(self, x, y):
         t_logits, _ = self.teacher_forward(x)
-        logits = self.student(x)
+        logits = self.train_model(x)
         kd = distill_kl(logits, t_logits, self.kd_temp)
         ce = F.cross_entropy(logits, y)
         loss = self.kd_alpha * kd + (1.0 - self.kd_alpha) * ce

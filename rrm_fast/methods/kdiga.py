@@ -53,19 +53,21 @@ class KDIGA(Method):
             g_t, = torch.autograd.grad(ce_t, x_t)
         return t_logits.detach(), g_t
 
+    def compile_conflict(self):
+        if self.iga_gamma > 0:
+            return ("--method kdiga backpropagates through an input gradient (double backward), which "
+                    "torch.compile does not support; drop --compile (or pass --iga-gamma 0)")
+        return None
+
     def loss(self, x, y):
         use_iga = self.iga_gamma > 0
-        # torch.compile's module wrapper keeps the original as _orig_mod (checked without importing dynamo)
-        if use_iga and hasattr(self.student, "_orig_mod"):
-            raise ValueError("--method kdiga backpropagates through an input gradient (double backward), which "
-                             "torch.compile does not support; drop --compile (or pass --iga-gamma 0)")
         if use_iga:
             t_logits, g_t = self.teacher_logits_and_input_grad(x, y)
             x_s = x.detach().requires_grad_(True)
         else:  # plain KD + CE: no input gradients at all
             t_logits, _ = self.teacher_forward(x)
             x_s = x
-        logits = self.student(x_s)
+        logits = self.train_model(x_s)
         ce_per_sample = F.cross_entropy(upcast(logits), y, reduction="none")
         ce = ce_per_sample.mean()
         kd = distill_kl(logits, t_logits, self.kd_temp)

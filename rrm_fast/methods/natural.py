@@ -10,6 +10,6 @@ class Natural(Method):
     paper = "-"
 
     def loss(self, x, y):
-        logits = self.student(x)
+        logits = self.train_model(x)
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, logits, {"ce": loss.detach()})

@@ -12,6 +12,6 @@ class PGDAT(Method):
 
     def loss(self, x, y):
         x_adv = self.attack()(x, y)
-        logits = self.student(x_adv)
+        logits = self.train_model(x_adv)
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, logits, {"ce_adv": loss.detach()})

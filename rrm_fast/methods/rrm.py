@@ -4,12 +4,11 @@ The student sees clean inputs only and matches the frozen robust teacher's penul
 features:
   L_inf:  L = xent_weight * CE(S(x), y) - feat_weight * mean_i cos(phi_S(x)_i, phi_T(x)_i)
   L2:     L = xent_weight * CE(S(x), y) + feat_weight * mean_i ||phi_S - phi_T|| / ||phi_T||
-The feature term runs through rrm_fast.ops.feature_matching_loss (the fused Triton kernel
-on CUDA). One teacher forward (no gradient) and one student forward/backward per step.
+The loss is the public ``rrm_fast.RRMLoss`` (its feature term runs through
+rrm_fast.ops.feature_matching_loss, the fused Triton kernel on CUDA), so the trainer runs the
+module users import. One teacher forward (no gradient) and one student forward/backward per step.
 """
-import torch.nn.functional as F
-
-from .. import ops
+from ..losses import RRMLoss
 from .base import Method, Option, StepOutput, register
 
 
@@ -29,13 +28,10 @@ class RRM(Method):
         super().__init__(*a, **kw)
         if self.feature_loss == "auto":
             self.feature_loss = "cosine" if self.threat.norm == "Linf" else "rel_l2"
+        self.criterion = RRMLoss(self.xent_weight, self.feat_weight, self.feature_loss)
 
     def loss(self, x, y):
         _, phi_t = self.teacher_forward(x)
-        logits, phi_s = self.student(x, return_features=True)
-        ce = F.cross_entropy(logits, y)
-        feat = ops.feature_matching_loss(phi_s, phi_t, kind=self.feature_loss)
-        # cosine is a similarity (maximise it); the L2 kinds are distances (minimise them)
-        sign = -1.0 if self.feature_loss == "cosine" else 1.0
-        loss = self.xent_weight * ce + sign * self.feat_weight * feat
+        logits, phi_s = self.train_model(x, return_features=True)
+        loss, ce, feat = self.criterion.terms(logits, y, phi_s, phi_t)
         return StepOutput(loss, logits, {"ce": ce.detach(), self.feature_loss: feat.detach()})

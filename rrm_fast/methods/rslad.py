@@ -39,7 +39,7 @@ class RSLAD(Method):
     def loss(self, x, y):
         t_logits, _ = self.teacher_forward(x)
         x_adv = self.perturb(x, t_logits)
-        logits_adv, logits_nat = forward_pair(self.student, x_adv, x, self.joint_forward)
+        logits_adv, logits_nat = forward_pair(self.train_model, x_adv, x, self.joint_forward)
         kl_adv = soft_kl(logits_adv, t_logits)
         kl_nat = soft_kl(logits_nat, t_logits)
         loss = self.rslad_adv_weight * kl_adv + (1.0 - self.rslad_adv_weight) * kl_nat

@@ -41,7 +41,7 @@ class TRADES(Method):
 
     def loss(self, x, y):
         x_adv = self.perturb(x)
-        logits_nat, logits_adv = forward_pair(self.student, x, x_adv, self.joint_forward)
+        logits_nat, logits_adv = forward_pair(self.train_model, x, x_adv, self.joint_forward)
         ce = F.cross_entropy(logits_nat, y)
         kl = soft_kl(logits_adv, logits_nat)
         loss = ce + self.trades_beta * kl

@@ -1,0 +1,194 @@
+"""The claims harness's outputs: claims.md (tables and verdicts) and claims.png (the curves).
+
+Rendering only: every number comes from the result dict that claims.run_claims builds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .machine import describe_load, load_verdict
+
+METHOD_LABELS = {"pgd_at": "PGD-AT", "fast_at": "Fast AT", "free_at": "Free AT", "rrm": "RRM", "natural": "natural",
+                 "rslad": "RSLAD", "kdiga": "KDIGA", "ard": "ARD", "kd": "KD", "trades": "TRADES"}
+
+CLOCK_TEXT = {
+    "thread": "timed as the CPU seconds of the one computing thread (1 torch thread): the wall time of the epoch on this "
+              "machine with nothing else running, which the other jobs' load cannot inflate (they still share caches "
+              "and memory bandwidth)",
+    "wall": "timed by the wall clock (synchronised)"}
+CLOCK_AXIS = {"thread": "training time (s): epochs only, CPU time of the one computing thread",
+              "wall": "training wall-clock time (s), epochs only"}
+
+COLORS = {"pgd_at": "tab:red", "fast_at": "tab:orange", "free_at": "tab:purple", "rrm": "tab:blue",
+          "natural": "tab:gray", "rslad": "tab:green", "kdiga": "tab:olive", "ard": "tab:cyan", "kd": "tab:pink",
+          "trades": "tab:brown"}
+
+
+def label(name: str) -> str:
+    return METHOD_LABELS.get(name, name)
+
+
+def fmt_s(v) -> str:
+    return "never" if v is None else secs(v)
+
+
+def secs(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def ratio_s(v) -> str:
+    return "n/a (baseline 0)" if v is None else f"{v:.3f}"
+
+
+def render_markdown(res: dict) -> str:
+    return "\n".join(_intro(res) + _results(res) + _claims(res["claims"]) + _curves(res)) + "\n"
+
+
+def _intro(res: dict) -> list[str]:
+    s, m, t = res["settings"], res["machine"], res["teacher"]
+    lines = [f"# Claims: robust accuracy against training time ({s['dataset']}, {m['device']})", "",
+             f"Produced by `{res['command']}`: runs from {res['started']} to {res['finished']} "
+             f"({res['wall_seconds'] / 60:.1f} min), on {m['summary']}; {describe_load(res['load'])} during the runs "
+             f"(median of the runs' medians). {load_verdict(res['load'], m.get('torch_threads', 1))}; "
+             "all methods ran in the same session, so the ratios compare like with like."
+             + (f" Rendered {res['rendered']}, reusing the finished runs of an earlier invocation "
+                f"({', '.join(res['reused_runs'])}) with their own times." if res["reused_runs"] else ""), ""]
+    if res["quick"]:
+        lines += ["**Quick run** (`--quick`): a pipeline check on a tiny budget; its figures support no claim.", ""]
+    lines += [f"Setup: student `{s['student']}` for every method, {s['train_size']} training images "
+              f"(+{s['monitor_size']} held out from the training split for the curves), batch {s['batch_size']}, "
+              f"{s['epochs']} epoch(s) (Free AT: {s['epochs']} / {s['free_at_replays']} replays, rounded, at least 1), "
+              f"SGD lr {s['lr']} momentum {s['momentum']} wd {s['weight_decay']}, cosine schedule (cyclic for Fast AT), "
+              f"fp32, channels_last. L-inf eps = {s['eps']:g}; training PGD {s['attack_steps']} steps of {s['alpha']:g}. "
+              + (f"Teacher: `{t['arch']}` trained by `{t['method']}` for {t['epochs_run']} epoch(s) on the same images"
+                 f"{'' if t['trained_in_this_session'] else ' (reused from the cache, trained in an earlier session)'}; "
+                 "RRM's student starts with the teacher's head (the demo's setting)." if t else ""), "",
+              f"Curves: clean and {s['monitor_attack']} accuracy on the held-out training slice at each epoch end, against "
+              f"cumulative training seconds (epochs only: no monitoring, no evaluation), {CLOCK_TEXT[s['clock']]}. "
+              "Final figures: clean and "
+              f"{s['eval_attack']} accuracy on the first {s['test_size']} images of the test split, every final model "
+              "alike; nothing is selected on the test split.", ""]
+    return lines
+
+
+def _results(res: dict) -> list[str]:
+    s, t = res["settings"], res["teacher"]
+    lines = ["## Results", "",
+              "| method | teacher s | student s | run wall s | load | epochs | final held-out clean % | "
+              f"final held-out robust % | test clean % | test {s['eval_attack']} % | time to target s | with teacher s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if t:
+        lines.append(f"| teacher ({t['method']} {t['arch']}) | {secs(t['train_seconds'])} | - | - | - | {t['epochs_run']} | "
+                     f"{100 * t['curve'][-1]['clean']:.1f} | {100 * t['curve'][-1]['robust']:.1f} | "
+                     f"{100 * t['test']['clean_acc']:.2f} | {100 * t['test']['robust_acc']:.2f} | - | - |")
+    for name, r in res["rows"].items():
+        # mark reuse per row only when this report mixes runs of different invocations
+        note = " (reused run)" if r["reused"] and len(res["reused_runs"]) < len(res["rows"]) else ""
+        t_s = secs(t["train_seconds"]) if r["uses_teacher"] and t else "-"
+        lines.append(f"| {label(name)}{note} | {t_s} | "
+                     f"{secs(r['train_seconds'])} | {r['wall_seconds']:.0f} | {r['run_load']['median']:g} | {r['epochs_run']} | "
+                     f"{100 * r['curve'][-1]['clean']:.1f} | {100 * r['curve'][-1]['robust']:.1f} | "
+                     f"{100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | {fmt_s(r.get('time_to_target'))} | "
+                     f"{fmt_s(r.get('time_to_target_with_teacher')) if r['uses_teacher'] else '-'} |")
+    for name, r in res["rows"].items():
+        if r["stopped_early"]:
+            lines.append(f"\n{label(name)}: {r['stopped_early']} (held-out training slice).")
+    lines += ["", f"*teacher s*, *student s*: training seconds ({s['clock']} clock). "
+              "*run wall s* (wall clock) includes the per-epoch monitoring and the final test evaluation (and, for the first "
+              "run with a teacher, training that teacher). *load*: median 1-min load average during that run (runs "
+              "with a teacher ran first). *time to target* is read at epoch ends: an upper bound.", ""]
+    return lines
+
+
+def _claims(cl: dict) -> list[str]:
+    lines = ["## Claims", ""]
+    if "target" in cl:
+        lines += [f"Target for the time-to-target claims: {100 * cl['target']:.1f} % held-out robust accuracy = "
+                  f"{cl['target_definition']}.", ""]
+    lines += [f"- {n}" for n in cl["notes"]]
+    if "transfer" in cl:
+        tr = cl["transfer"]
+        ref_label = label(cl["reference"])
+        vs_ref = ("" if tr["teacher_vs_reference"] is None else
+                  f"; the teacher itself has {tr['teacher_vs_reference']:.3f} x {ref_label}'s test robust accuracy")
+        lines += [f"Transfer: the RRM student keeps {tr['ratio']:.3f} of its teacher's test robust accuracy "
+                  f"({100 * tr['rrm_test_robust']:.2f} % of {100 * tr['teacher_test_robust']:.2f} %){vs_ref}.", ""]
+    if cl["test"]:
+        lines += ["### Final models, test split", "",
+                  "| claim | RRM robust % | baseline robust % | robust ratio | RRM s | baseline s | time ratio | speed-up | verdict |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for c in cl["test"]:
+            lines.append(f"| {c['statement']} | {100 * c['rrm_test_robust']:.2f} | {100 * c['baseline_test_robust']:.2f} | "
+                         f"{ratio_s(c['robust_ratio'])} | {secs(c['rrm_seconds'])} | {secs(c['baseline_seconds'])} | "
+                         f"{c['time_ratio']:.3f} | {c['speedup']:.1f}x | {'holds' if c['holds'] else '**DOES NOT HOLD**'} |")
+        lines.append("")
+    if cl["time_to_target"]:
+        lines += ["### Time to the target, held-out training slice", "",
+                  "| claim | RRM s | baseline s | speed-up | verdict |", "|---|---:|---:|---:|---|"]
+        for c in cl["time_to_target"]:
+            sp = "-" if c["speedup"] is None else (">= " if c.get("speedup_is_lower_bound") else "") + f"{c['speedup']:.1f}x"
+            why = f" ({c['why']})" if c.get("why") else ""
+            lines.append(f"| {c['statement']} | {fmt_s(c['rrm_seconds'])} | {fmt_s(c['baseline_seconds'])} | {sp} | "
+                         f"{'holds' if c['holds'] else '**DOES NOT HOLD**'}{why} |")
+        lines.append("")
+    return lines
+
+
+def _curves(res: dict) -> list[str]:
+    t = res["teacher"]
+    lines = ["## Curves (held-out training slice)", "", f"![robust accuracy against training time]({res['plot']})", "",
+              "| method | epoch | cumulative train s | (with teacher s) | clean % | robust % |", "|---|---:|---:|---:|---:|---:|"]
+    if t:
+        for p in t["curve"]:
+            lines.append(f"| teacher | {p['epoch']} | {secs(p['seconds'])} | - | {100 * p['clean']:.1f} | {100 * p['robust']:.1f} |")
+    for name, r in res["rows"].items():
+        shift = t["train_seconds"] if (t and r["uses_teacher"]) else None
+        for p in r["curve"]:
+            shifted = "-" if shift is None else secs(shift + p["seconds"])
+            lines.append(f"| {label(name)} | {p['epoch']} | {secs(p['seconds'])} | {shifted} | "
+                         f"{100 * p['clean']:.1f} | {100 * p['robust']:.1f} |")
+    return lines
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, rows, cl = res["teacher"], res["rows"], res["claims"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, key, title in ((axes[0], "robust", f"held-out {res['settings']['monitor_attack']} accuracy"),
+                           (axes[1], "clean", "held-out clean accuracy")):
+        for name, r in rows.items():
+            color = COLORS.get(name)
+            name_label = label(name)
+            xs = [p["seconds"] for p in r["curve"]]
+            ys = [100 * p[key] for p in r["curve"]]
+            if r["uses_teacher"] and t:
+                tx = [p["seconds"] for p in t["curve"]]
+                ty = [100 * p[key] for p in t["curve"]]
+                T = t["train_seconds"]
+                ax.plot(tx, ty, ls=":", marker=".", color=color, alpha=0.8,
+                        label=f"{name_label}: teacher ({t['method']} {t['arch']})" if name == "rrm" else None)
+                ax.axvline(T, color=color, lw=0.6, ls=":", alpha=0.5)
+                ax.plot([T + x for x in xs], ys, marker="o", color=color, label=f"{name_label} (teacher time included)")
+                if name == "rrm":
+                    ax.plot(xs, ys, marker="o", mfc="none", ls="--", color=color, alpha=0.45,
+                            label=f"{name_label} student only (teacher excluded)")
+            else:
+                ax.plot(xs, ys, marker="o", color=color, label=name_label)
+        if key == "robust" and "target" in cl:
+            ax.axhline(100 * cl["target"], color="k", lw=0.8, ls="--",
+                       label=f"target {100 * cl['target']:.1f} % ({cl['target_fraction']:g} x {label(cl['reference'])})")
+        ax.set_xlabel(CLOCK_AXIS[res["settings"]["clock"]])
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    m = res["machine"]
+    fig.suptitle(f"{res['settings']['dataset']}, student {res['settings']['student']}, L-inf eps {res['settings']['eps']:g}"
+                 f" — {m['cpu'] if m['device'] == 'cpu' else m.get('gpu')}, load {res['load']['median']:g} on "
+                 f"{res['load']['cores']} cores" + (" — QUICK (no claim)" if res["quick"] else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

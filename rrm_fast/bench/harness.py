@@ -1,0 +1,155 @@
+"""What the training benchmarks share (``claims`` and ``compare``): budgets, method selection,
+training each method once through the one trainer (or reusing a finished run), the clock
+the epochs are timed with, and the machine and load the runs saw.
+
+A run is reused when its directory holds a report.json written with exactly the same
+settings (config.json) and a ``harness_run.json`` record timed with the same clock; the
+record keeps the run's wall time, when it ran, the load during it and its torch threads, so
+a re-rendered table still shows each run's own conditions.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write_json
+from ..methods import METHODS
+from ..train import TrainConfig, train_run
+from . import timing
+from .machine import LoadSampler, describe_machine, summary
+
+RUN_RECORD = "harness_run.json"
+CLOCK_CHOICES = ("auto", *timing.CLOCKS, "cpu")  # "cpu": the thread clock's earlier name
+
+
+def add_run_arguments(p: argparse.ArgumentParser, clock_default: str) -> None:
+    """The flags every harness takes: threads, clock, progress bars."""
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for every run (default: torch's). On a loaded shared CPU, 1 can be "
+                        "much faster than 2: OpenMP's barrier waits for a descheduled thread")
+    p.add_argument("--clock", choices=CLOCK_CHOICES, default=clock_default,
+                   help="what times the epochs: thread = the computing thread's CPU time (CPU, --threads 1 only: the "
+                        "machine-alone time, immune to other jobs' load), wall = wall-clock; auto = thread where "
+                        "possible, else wall")
+    p.add_argument("--progress", action="store_true", help="progress bars for each run")
+
+
+def budget(args, full: dict, quick: dict) -> dict:
+    """Each budget key from its flag when given, else from --quick's budget or the full one."""
+    base = quick if args.quick else full
+    return {k: getattr(args, k) if getattr(args, k, None) is not None else base[k] for k in base}
+
+
+def select_methods(spec: str, every: tuple, variants=()) -> list[str]:
+    """Method (or variant) names from a comma-separated list, or ``every`` for 'all'."""
+    names = list(every) if spec.strip() == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS and m not in variants]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(sorted(METHODS) + list(variants))} or 'all'")
+    if not names:
+        raise ValueError("--methods is empty; name at least one method")
+    return list(dict.fromkeys(names))
+
+
+def check_teacher_method(name: str) -> None:
+    if name not in METHODS or METHODS[name].needs_teacher:
+        raise ValueError(f"--teacher-method {name!r} must be a method that trains without a teacher, e.g. fast_at, "
+                         "pgd_at, natural, gaussian_aug")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """``n`` intra-op threads inside the block (if given); a library caller's setting survives it."""
+    before = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"--threads must be >= 1 (got {n})")
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_clock(name: str, device) -> str:
+    return timing.resolve_clock("thread" if name == "cpu" else name, device)
+
+
+def reusable_report(cfg: TrainConfig) -> dict | None:
+    """The report of a finished run with exactly this config, else None."""
+    out = Path(cfg.out)
+    try:
+        old_cfg = json.loads((out / "config.json").read_text())
+        report = json.loads((out / "report.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return report if old_cfg == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
+
+
+def run_or_reuse(name: str, cfg: TrainConfig, *, clock: str, progress: bool = False, callbacks=()) -> dict:
+    """{"report", "wall_seconds", "started", "started_epoch", "load", "torch_threads", "clock", "reused"}."""
+    report = reusable_report(cfg)
+    record_path = Path(cfg.out) / RUN_RECORD
+    if report is not None and record_path.exists():
+        record = json.loads(record_path.read_text())
+        if record.get("clock") == clock:
+            print(f"== {name}: reusing the finished run in {cfg.out}")
+            return {"report": report, **record, "reused": True}
+    print(f"== {name}", flush=True)
+    started, started_epoch = time.strftime("%Y-%m-%d %H:%M:%S"), time.time()
+    with LoadSampler(interval=15.0) as load:
+        t0 = time.perf_counter()
+        report = train_run(cfg, progress=progress, exist_ok=True, clock=timing.clock(clock), callbacks=callbacks)
+        wall = time.perf_counter() - t0
+    record = {"wall_seconds": wall, "started": started, "started_epoch": started_epoch, "load": load.stats(),
+              "torch_threads": torch.get_num_threads(), "clock": clock, "reused": False}
+    atomic_write_json(record_path, record)
+    return {"report": report, **record}
+
+
+def read_curve(metrics_path: Path) -> list[dict]:
+    """(cumulative training seconds, held-out clean/robust accuracy) at each epoch end."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    t, curve = 0.0, []
+    for r in rows:
+        t += r["epoch_seconds"]
+        curve.append({"epoch": r["epoch"], "seconds": t, "clean": r["heldout_clean_acc"],
+                      "robust": r["heldout_robust_acc"], "attack": r.get("heldout_attack")})
+    return curve
+
+
+def run_span(run: dict) -> tuple[float, float]:
+    """(start, end) of a run in seconds since the epoch."""
+    start = run.get("started_epoch") or time.mktime(time.strptime(run["started"], "%Y-%m-%d %H:%M:%S"))
+    return start, start + run["wall_seconds"]
+
+
+def merge_loads(loads: list[dict]) -> dict:
+    """One load summary for several runs: extremes over all, median of the runs' medians."""
+    return {"cores": loads[0]["cores"], "start": loads[0]["start"], "end": loads[-1]["end"],
+            "min": min(x["min"] for x in loads), "median": round(statistics.median(x["median"] for x in loads), 2),
+            "max": max(x["max"] for x in loads), "samples": sum(x["samples"] for x in loads),
+            "interval_s": loads[0]["interval_s"]}
+
+
+def session(runs: list[dict], device) -> dict:
+    """The machine the runs used (with the torch threads they ran with) and their load:
+    {"machine", "load", "started", "finished", "wall_seconds", "first", "last"}."""
+    machine = describe_machine(device)
+    machine.pop("loadavg")  # this process's moment; the runs' load is below
+    threads = {r.get("torch_threads") for r in runs} - {None}
+    if len(threads) == 1:  # the threads the runs used, not this (possibly re-rendering) process's
+        machine["torch_threads"] = threads.pop()
+        machine["summary"] = summary(machine)
+    spans = [run_span(r) for r in runs]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    return {"machine": machine, "load": merge_loads([r["load"] for r in runs]), "first": first, "last": last,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first)),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)), "wall_seconds": last - first}

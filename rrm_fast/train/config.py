@@ -1,0 +1,276 @@
+"""The training configuration: one dataclass, and everything derived from it.
+
+``TrainConfig`` is the single source of truth. From its fields come
+  * the command-line flags: ``--batch-size`` for ``batch_size``, with the field's type,
+    choices, help and default (booleans get ``--amp`` / ``--no-amp``);
+  * the keys of ``--config`` files (YAML or JSON; the same names, ``-`` or ``_``), type-checked
+    by the same parser as the flags;
+  * the settings a resumed run may change (``RESUME_MAY_CHANGE``: fields marked
+    ``may_change_on_resume``; they do not alter what is computed);
+  * the ``config.json`` every run writes (``dataclasses.asdict``).
+Method options are not fields: each method declares them (``Method.options``), they become
+one flag each and are kept in ``method_options``. ``validate_config`` is the one place that
+checks a configuration's values, for the CLI and for library callers alike.
+
+Parsing and type checking use jsonargparse (argparse-compatible; typed values from the
+annotations, including ``float | None`` and ``Literal`` choices; the config file checked by
+the same rules as the flags; errors as exceptions, reported here in one line).
+"""
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..data import DATASETS, FOLDER_DATASETS, LOADER_KINDS
+from ..methods import METHODS
+from ..models import ARCHS
+
+SCHEDULES = ("auto", "cosine", "cyclic", "constant")
+
+
+def _field(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, flag: bool = True,
+           may_change_on_resume: bool = False, choices=None):
+    """A TrainConfig field with what its flag needs: help text, whether it is a flag, whether
+    a resumed run may change it, and registry-backed choices (a callable, read when the parser
+    is built, so methods registered later are listed)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "flag": flag, "may_change_on_resume": may_change_on_resume, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    method: str = _field("natural", "training method (none given: the built-in demo)", choices=lambda: sorted(METHODS))
+    student: str = _field("cnn_small", f"student architecture ({', '.join(ARCHS)})")
+    teacher: str | None = _field(None, "teacher checkpoint (.safetensors, or .pt/.pth with --teacher-arch) or an "
+                                       "architecture to train a teacher for")
+    teacher_arch: str | None = _field(None, "architecture of a teacher file from elsewhere (RobustBench, timm, "
+                                            "torchvision state dicts); weights are mapped onto it")
+    teacher_method: str = _field("fast_at", "method that trains an architecture-named teacher")
+    teacher_epochs: int = _field(4, "epochs of an architecture-named teacher")
+    head_init: Literal["random", "teacher"] = _field("random", "teacher: start the student's classifier as a copy "
+                                                               "of the teacher's")
+    dataset: Literal[DATASETS + FOLDER_DATASETS] = _field("fashion_mnist", "imagefolder: any DIR/train/<class>/*.jpg "
+                                                                           "tree; restricted_imagenet: ImageNet's 9 "
+                                                                           "super-classes (pass --data-dir)")
+    data_dir: str | None = _field(None, "the dataset's folder")
+    resolution: int | None = _field(None, "side of the square images of a folder dataset (224 when not given)")
+    epochs: int = _field(2, "training epochs")
+    batch_size: int = _field(128, "the GLOBAL batch: under torchrun each of N processes takes batch-size / N")
+    lr: float = _field(0.05, "SGD learning rate (peak of the schedule)")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(5e-4, "SGD weight decay")
+    schedule: Literal[SCHEDULES] = _field("auto", "learning-rate schedule; auto: the method's own (cyclic for "
+                                                  "fast_at, else cosine)")
+    eps: float = _field(0.1, "attack radius in pixel units")
+    norm: Literal["Linf", "L2"] = _field("Linf", "threat model")
+    alpha: float | None = _field(None, "training PGD step (2.5*eps/steps when not given)")
+    attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)")
+    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split")
+    eval_restarts: int = _field(1, "random restarts of the final evaluation")
+    monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check")
+    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check")
+    amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on CPU only where measured faster")
+    channels_last: bool = _field(True, "channels-last memory format")
+    compile: bool = _field(False, "torch.compile the student")
+    device: str = _field("auto", "auto, cpu, cuda or cuda:N", may_change_on_resume=True)
+    seed: int = _field(0, "seed of the model, the data order and the attacks")
+    out: str | None = _field(None, "run directory (runs/<time>-<method>-<arch> when not given)", may_change_on_resume=True)
+    train_size: int | None = _field(None, "train on the first N training samples (quick runs)")
+    test_size: int | None = _field(None, "evaluate on the first N test samples (quick runs)")
+    loader: Literal[LOADER_KINDS] = _field("auto", "batch loader", may_change_on_resume=True)
+    checkpoint_every: int = _field(200, "save a training state every N minibatches, besides each epoch end",
+                                   may_change_on_resume=True)
+    log_every: int = _field(50, "TensorBoard per-step scalars every N minibatches", may_change_on_resume=True)
+    method_options: dict = _field(default_factory=dict, flag=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Settings a resumed run may change: they do not alter what is computed (the loaders produce
+# the same batches; the device is the same hardware's; checkpoints and logs are bookkeeping).
+RESUME_MAY_CHANGE = tuple(name for name, f in FIELDS.items() if f.metadata["may_change_on_resume"])
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def method_option_specs() -> dict:
+    """Every method option once (options several methods declare share one flag): key -> (method, Option)."""
+    specs = {}
+    for cls in METHODS.values():
+        for key, opt in cls.options.items():
+            specs.setdefault(key, (cls.name, opt))
+    clash = set(specs) & set(FIELDS)
+    if clash:
+        raise RuntimeError(f"method options {sorted(clash)} clash with TrainConfig fields")
+    return specs
+
+
+# --------------------------------------------------------------------------- validation
+def validate_config(cfg: TrainConfig) -> None:
+    """The values a run cannot start with, each as one line naming the flag."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    for key in ("student", "teacher_arch"):
+        value = getattr(cfg, key)
+        if value is not None and value not in ARCHS:
+            raise ValueError(f"unknown {flag_name(key)} {value!r}; choose one of: {', '.join(ARCHS)}")
+    if cfg.dataset not in DATASETS + FOLDER_DATASETS:
+        raise ValueError(f"unknown --dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS + FOLDER_DATASETS)}")
+    if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):
+        raise ValueError(f"--eps must be >= 0 (got {cfg.eps}); epsilon is in pixel units")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.attack_steps < 1 or cfg.eval_steps < 1:
+        raise ValueError("--epochs, --batch-size, --attack-steps and --eval-steps must be >= 1")
+    if cfg.monitor_steps < 1 or cfg.eval_restarts < 1:
+        raise ValueError(f"--monitor-steps and --eval-restarts must be >= 1 (got {cfg.monitor_steps}, {cfg.eval_restarts})")
+    if cfg.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be >= 1 minibatch (got {cfg.checkpoint_every}); "
+                         "a state is also saved at each epoch end")
+    if cfg.log_every < 1:
+        raise ValueError(f"--log-every must be >= 1 minibatch (got {cfg.log_every})")
+    if not (cfg.lr >= 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"--lr must be a number >= 0 (got {cfg.lr})")
+    if cfg.alpha is not None and not cfg.alpha >= 0:
+        raise ValueError(f"--alpha must be >= 0 (got {cfg.alpha}); leave it out for 2.5*eps/steps")
+    for key in ("train_size", "test_size"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag_name(key)} must be >= 1 (got {value})")
+    if cfg.teacher_arch is not None and cfg.teacher in ARCHS:
+        raise ValueError(f"--teacher-arch names the architecture of a teacher FILE; --teacher {cfg.teacher} already "
+                         "names an architecture to train (drop one of them)")
+    METHODS[cfg.method].check_teacher(cfg.teacher is not None)  # before any data is loaded
+
+
+# --------------------------------------------------------------------------- flags
+def add_config_flags(parser) -> None:
+    """One flag per TrainConfig field and one per method option, on a jsonargparse parser."""
+    from jsonargparse import ActionYesNo
+
+    for name, f in FIELDS.items():
+        if not f.metadata["flag"]:
+            continue
+        help_text = f.metadata["help"]
+        if f.type is bool:
+            parser.add_argument(flag_name(name), action=ActionYesNo(no_prefix="no-"), default=f.default, help=help_text)
+        elif f.metadata["choices"]:  # a registry's names (methods)
+            parser.add_argument(flag_name(name), choices=f.metadata["choices"](), default=f.default, help=help_text)
+        else:
+            parser.add_argument(flag_name(name), type=f.type, default=f.default, help=help_text)
+    # parsed with defaults=False, so a default below only documents the declaring method's value
+    for key, (owner, opt) in method_option_specs().items():
+        parser.add_argument(flag_name(key), type=opt.type, default=opt.default, help=f"[{owner}] {opt.help}")
+
+
+def parse_error_line(err: Exception) -> str:
+    """A jsonargparse error as one line naming the flag: "--epochs: expected int, got two"."""
+    text = str(err)
+    m = re.match(r'Parser key "([\w.]+)":(.*)', text, re.S)
+    if not m:
+        return " ".join(text.split())
+    flag, detail = flag_name(m.group(1)), m.group(2)
+    got = re.search(r"(?:Got value|Given value):\s*(.*)", detail)
+    literal = re.search(r"Literal\[(.*?)\]", detail)
+    types = re.findall(r"<class '(\w+)'>", detail.split("Given value type")[0])
+    if literal:
+        expected = "one of " + literal.group(1).replace("'", "")
+    elif types:
+        expected = " or ".join("null" if t == "NoneType" else t for t in dict.fromkeys(types))
+    else:
+        return f"{flag}: {' '.join(detail.split())}"
+    return f"{flag}: expected {expected}, got {got.group(1).strip() if got else '?'}"
+
+
+def values_from_flags(given: dict) -> dict:
+    """TrainConfig values from the flags given (method options gathered into method_options)."""
+    specs = method_option_specs()
+    values = {k: v for k, v in given.items() if k in FIELDS}
+    options = {k: v for k, v in given.items() if k in specs}
+    if options:
+        values["method_options"] = options
+    return values
+
+
+def read_config_file(path, parser) -> dict:
+    """TrainConfig values from a YAML/JSON file with the flags' keys, checked by the flags' parser."""
+    from jsonargparse import ArgumentError
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"--config {path} not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    nested = data.pop("method_options", None) or {}  # as a run's config.json holds them
+    if not isinstance(nested, dict):
+        raise ValueError(f"--config {path}: method_options must be a mapping of option names to values")
+    unknown = (set(data) - set(FIELDS) - set(method_option_specs())) | (set(nested) - set(method_option_specs()))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}")
+    try:  # options are checked like their flags; a top-level key wins over method_options
+        checked = parser.parse_object({**nested, **data}, defaults=False).as_dict()
+    except ArgumentError as err:
+        raise ValueError(f"--config {path}: {parse_error_line(err)}") from None
+    return values_from_flags(checked)
+
+
+def merge(*layers: dict) -> dict:
+    """Later layers override earlier ones; method options are merged key by key."""
+    out: dict = {}
+    for layer in layers:
+        options = {**out.get("method_options", {}), **layer.get("method_options", {})}
+        out.update(layer)
+        out["method_options"] = options
+    return out
+
+
+def config_from_values(values: dict) -> TrainConfig:
+    """A TrainConfig keeping only the options its method takes (shared flags belong to several methods)."""
+    cfg = TrainConfig(**values)
+    known = METHODS[cfg.method].options if cfg.method in METHODS else {}
+    extra = set(cfg.method_options) - set(known)
+    if extra:
+        raise ValueError(f"--method {cfg.method} takes no option(s) {sorted(extra)}; it takes {sorted(known) or 'none'}")
+    return cfg
+
+
+# --------------------------------------------------------------------------- resume
+def resume_flags() -> tuple[str, ...]:
+    """Flags a --resume may add: the fields a resumed run may change, except --out (--resume names the run)."""
+    return tuple(flag_name(k) for k in RESUME_MAY_CHANGE if k != "out")
+
+
+def config_for_resume(run_dir, given: dict) -> TrainConfig:
+    """--resume RUN_DIR: the run's own config.json; only settings in RESUME_MAY_CHANGE may be added."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--resume {run_dir}: no config.json there; pass the directory of a run started by "
+                         "python -m rrm_fast.train (its --out)")
+    extra = [k for k in given if k not in RESUME_MAY_CHANGE or k == "out"]
+    if extra:
+        raise ValueError(f"--resume continues {run_dir} with its saved settings; drop {flag_name(extra[0])} (only "
+                         f"{', '.join(resume_flags())} and --no-progress may be given), or start a new run with another --out")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--resume {run_dir}: config.json is not valid JSON ({e.msg}); the run cannot be resumed") from None
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"--resume {run_dir}: config.json has keys this version does not know {sorted(unknown)}")
+    return TrainConfig(**{**values, **given, "out": str(run_dir)})
+
+
+def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Fields of ``cfg`` that differ from a run's saved config.json, other than RESUME_MAY_CHANGE."""
+    now = dataclasses.asdict(cfg)
+    return [k for k in now if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != now[k]]
