@@ -1,4 +1,6 @@
-"""Small real Fashion-MNIST CNNs for the evaluation and attack tests (trained once, cached).
+"""Shared test helpers (imported by test modules; holds no tests itself).
+
+Small real Fashion-MNIST CNNs for the evaluation and attack tests (trained once, cached).
 
 ``trained_cnn(noise_sigma=0.0)`` trains a ~0.1M-parameter CNN with plain torch on 6000
 Fashion-MNIST training images (Gaussian noise augmentation when noise_sigma > 0, as randomized
@@ -12,7 +14,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -87,20 +88,3 @@ def trained_cnn(noise_sigma: float = 0.0, steps: int = 400) -> TinyCNN:
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cache)
     return model.eval()
-
-
-def test_tiny_cnn_learns_fashion_mnist():
-    with one_thread():
-        model = trained_cnn()
-        x, y = fmnist("test", 500)
-        with torch.no_grad():
-            acc = (model(x).argmax(1) == y).float().mean().item()
-    assert acc > 0.75, acc
-
-
-@pytest.mark.parametrize("level", [0.0, 0.3, 0.9])
-def test_quantised_input_has_no_input_gradient(level):
-    model = QuantisedInput(TinyCNN())
-    x = torch.full((2, 1, 28, 28), level, requires_grad=True)
-    model(x).sum().backward()
-    assert torch.count_nonzero(x.grad) == 0
