@@ -10,9 +10,7 @@ from rrm_fast import ops
 from rrm_fast.attacks import APGD, APGDT, PGD, Square, dlr_loss, dlr_targeted_loss, margin_loss
 from rrm_fast.attacks.apgd import checkpoint_lengths
 from rrm_fast.attacks.square import eta_pattern, p_schedule
-from test_eval_models import fmnist, one_thread, trained_cnn
-
-torchattacks = pytest.importorskip("torchattacks")
+from helpers import fmnist, one_thread, trained_cnn
 
 EPS = 0.03  # the tiny CNN is naturally trained: ~50% PGD accuracy at this eps, so attacks differ
 
@@ -119,8 +117,13 @@ def test_bad_arguments_raise_clear_errors():
         APGDT(nn.Linear(4, 3), eps=0.1)(torch.rand(2, 4), torch.tensor([0, 1]))
 
 
-# ---- strength on a real model -------------------------------------------------------------
-def test_pgd_matches_torchattacks_pgd(setup):
+# ---- strength on a real model, against torchattacks (AutoAttack's reference code) ------------
+@pytest.fixture(scope="module")
+def torchattacks():
+    return pytest.importorskip("torchattacks")
+
+
+def test_pgd_matches_torchattacks_pgd(setup, torchattacks):
     model, x, y = setup
     with one_thread():
         # no random start: both are deterministic, so they must agree (within 1 point)
@@ -135,7 +138,7 @@ def test_pgd_matches_torchattacks_pgd(setup):
     assert ours < acc(model, x, y) - 0.2  # the attack does something
 
 
-def test_apgd_is_at_least_as_strong_as_pgd20_and_matches_the_reference(setup):
+def test_apgd_is_at_least_as_strong_as_pgd20_and_matches_the_reference(setup, torchattacks):
     model, x, y = setup
     with one_thread():
         gen = torch.Generator().manual_seed(0)
@@ -148,7 +151,7 @@ def test_apgd_is_at_least_as_strong_as_pgd20_and_matches_the_reference(setup):
     assert abs(apgd_ce - ref_ce) <= 0.01, (apgd_ce, ref_ce)
 
 
-def test_square_is_a_real_black_box_attack(setup):
+def test_square_is_a_real_black_box_attack(setup, torchattacks):
     model, x, y = setup
     x, y = x[:150], y[:150]
     with one_thread():

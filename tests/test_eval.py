@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,16 +15,34 @@ from scipy.stats import beta, binom, norm
 from rrm_fast import eval as ev
 from rrm_fast.checkpoint import load_model, save_model
 from rrm_fast.data import load_dataset
-from rrm_fast.diagnostics import gradient_masking_checks
+from rrm_fast.eval import gradient_masking_checks
 from rrm_fast.models import create_model
 from rrm_fast.smoothing import ABSTAIN, Smooth, clopper_pearson_lower, max_certifiable_radius, summarize_certification
-from test_eval_models import QuantisedInput, fmnist, one_thread, trained_cnn
+from helpers import QuantisedInput, TinyCNN, fmnist, one_thread, trained_cnn
 
 
 @pytest.fixture(scope="module")
 def threads():
     with one_thread():
         yield
+
+
+# ---- the test models themselves ----------------------------------------------------------
+def test_tiny_cnn_learns_fashion_mnist(threads):
+    model = trained_cnn()
+    x, y = fmnist("test", 500)
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.75, acc
+
+
+@pytest.mark.parametrize("level", [0.0, 0.3, 0.9])
+def test_quantised_input_has_no_input_gradient(level):
+    torch.manual_seed(0)
+    model = QuantisedInput(TinyCNN())
+    x = torch.full((2, 1, 28, 28), level, requires_grad=True)
+    model(x).sum().backward()
+    assert torch.count_nonzero(x.grad) == 0
 
 
 # ---- Clopper-Pearson and CERTIFY --------------------------------------------------------
@@ -175,42 +196,93 @@ def test_standard_suite_is_a_per_sample_worst_case(zoo_ckpt, tmp_path, capsys):
         assert row in stdout
 
 
-def test_standard_suite_resumes_where_it_stopped(zoo_ckpt, tmp_path, capsys, monkeypatch):
-    args = [zoo_ckpt, "--suite", "standard", "--test-size", 40, "--steps", 5, "--n-targets", 1, "--n-queries", 10,
-            "--diag-size", 0, "--batch-size", 20]
-    rc, _, err = run_cli(capsys, *args, "--out", tmp_path / "full.json")
-    assert rc == 0, err
-    full = json.loads((tmp_path / "full.json").read_text())
+class InterruptedProgress(ev.ProgressFile):
+    """A Ctrl-C while batch number ``stop`` is running: the batches before it are saved."""
 
-    real = ev.standard_attacks
-    calls = []
+    def __init__(self, *args, stop, **kw):
+        super().__init__(*args, **kw)
+        self.stop, self.saved = stop, 0
 
-    def interrupted_on_second_batch(*a, **kw):
-        if kw.get("generator") is not None:
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-        return real(*a, **kw)
+    def put(self, key, record):
+        if self.saved + 1 == self.stop:
+            raise KeyboardInterrupt
+        super().put(key, record)
+        self.saved += 1
 
-    monkeypatch.setattr(ev, "standard_attacks", interrupted_on_second_batch)
-    out = tmp_path / "r.json"
-    rc, _, err = run_cli(capsys, *args, "--out", out)  # Ctrl-C: one line, exit 130, batches kept
-    assert rc == 130 and len(err.strip().splitlines()) == 1, err
-    assert "r.partial.json" in err and "--resume" in err
-    partial = json.loads((tmp_path / "r.partial.json").read_text())
-    assert list(partial["records"]) == ["0"]
 
-    # a different eps must not silently reuse those batches
-    rc, _, err = run_cli(capsys, *args, "--out", out, "--resume", "--eps", 0.05)
+class CountingProgress(ev.ProgressFile):
+    """Records the batches that had to be computed (no saved record)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.computed = []
+
+    def get(self, key):
+        rec = super().get(key)
+        if rec is None:
+            self.computed.append(int(key))
+        return rec
+
+
+def _without_seconds(res):
+    res = {k: v for k, v in res.items() if k not in ("seconds", "robust_mask")}
+    if "attacks" in res:
+        res["attacks"] = [{k: v for k, v in a.items() if k != "seconds"} for a in res["attacks"]]
+    return res
+
+
+@pytest.mark.parametrize("suite", ["quick", "standard"])
+def test_an_interrupted_suite_resumes_with_identical_results(zoo_ckpt, tmp_path, suite):
+    model, _ = load_model(zoo_ckpt)
+    ds = load_dataset("fashion_mnist", "test").subset(torch.arange(60))
+    if suite == "quick":
+        run = lambda **kw: ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=20, per_sample=True, **kw)
+    else:
+        run = lambda **kw: ev.evaluate_standard(model, ds, eps=0.03, steps=5, n_targets=2, n_queries=20,
+                                                batch_size=20, **kw)
+    settings, path = {"suite": suite, "eps": 0.03}, tmp_path / "p.partial.json"
+    with one_thread():
+        full = run()
+        with pytest.raises(KeyboardInterrupt):
+            run(progress_file=InterruptedProgress(path, settings, resume=False, stop=2))
+        assert list(json.loads(path.read_text())["records"]) == ["0"]
+        with pytest.raises(ValueError, match=r"different settings \(eps\)"):
+            ev.ProgressFile(path, {**settings, "eps": 0.05}, resume=True)
+        pf = CountingProgress(path, settings, resume=True)
+        resumed = run(progress_file=pf)
+    assert pf.computed == [20, 40]  # batch 0 came from the file
+    assert _without_seconds(resumed) == _without_seconds(full)
+    assert torch.equal(resumed["robust_mask"], full["robust_mask"])
+    assert 0 < full["robust_acc"] < full["clean_acc"]  # the attack fooled some samples, not all
+
+
+def test_ctrl_c_names_the_partial_file_and_resume_finishes_the_run(zoo_ckpt, tmp_path, capsys):
+    """A real SIGINT to the CLI process: exit 130, one line naming the partial file and --resume;
+    the finished batches are kept, and --resume finishes only the rest."""
+    import signal
+    import time
+    out, partial = tmp_path / "r.json", tmp_path / "r.partial.json"
+    # 4 batches of 10, each with a Square stage slow enough (~0.3 s) that the interrupt lands
+    # while batches remain
+    args = [zoo_ckpt, "--suite", "standard", "--test-size", 40, "--steps", 5, "--n-targets", 1, "--n-queries", 300,
+            "--diag-size", 0, "--batch-size", 10, "--out", out]
+    proc = subprocess.Popen([sys.executable, "-m", "rrm_fast.eval", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert "r.partial.json" in err and "--resume" in err and not out.exists()
+    done = len(json.loads(partial.read_text())["records"])
+    assert 1 <= done < 4
+    rc, stdout, err = run_cli(capsys, *args, "--resume", "--eps", 0.05)  # other settings: refused, one line
     assert rc == 2 and "different settings (eps)" in err and len(err.strip().splitlines()) == 1
-
-    calls.clear()
-    rc, stdout, err = run_cli(capsys, *args, "--out", out, "--resume")
+    rc, stdout, err = run_cli(capsys, *args, "--resume")
     assert rc == 0, err
-    assert len(calls) == 1 and "resuming: 1 batch(es)" in stdout  # only the unfinished batch ran
-    res = json.loads(out.read_text())
-    assert res["attacks"] == [{**a, "seconds": b["seconds"]} for a, b in zip(full["attacks"], res["attacks"])]
-    assert res["robust_acc"] == full["robust_acc"] and not (tmp_path / "r.partial.json").exists()
+    assert f"resuming: {done} batch(es)" in stdout and not partial.exists()
+    assert json.loads(out.read_text())["n"] == 40
 
 
 def test_certify_suite_prints_certified_accuracy_per_radius(zoo_ckpt, tmp_path, capsys):
