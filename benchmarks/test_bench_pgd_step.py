@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_pgd_step import EAGER, FUSED, SHAPES, interleaved_medians, make_inputs, make_variants, op_bytes
+from bench_pgd_step import EAGER, FUSED, SHAPES, make_inputs, make_variants, op_bytes
 from rrm_fast.ops import pgd_backend
-from gate import synchronised
+from gate import interleaved_medians, synchronised
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOORS = json.loads((Path(__file__).parent / "floors.json").read_text())
