@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from device_timing import batched, calls_per_sample, median_per_call  # noqa: E402
+from device_timing import batched, calls_per_sample, median_per_call, write_results  # noqa: E402
 from rrm_fast.bench.machine import LoadSampler, describe_load, describe_machine  # noqa: E402
 from rrm_fast.models import create_model  # noqa: E402
 
@@ -132,12 +131,7 @@ def main(argv=None) -> int:
            "seconds": time.perf_counter() - t0, "median_s": med, "ratios": ratios(med)}
     report = markdown(res)
     print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
+    write_results(report, args.out, res, args.json)
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import json
 import os
 import re
 import sys
@@ -37,7 +36,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import rrm_fast  # noqa: E402
-from device_timing import batched, calls_per_sample, graph_replay, median_per_call, rotating, sets_to_exceed_l2  # noqa: E402
+from device_timing import (  # noqa: E402
+    batched, calls_per_sample, graph_replay, median_per_call, rotating, sets_to_exceed_l2, write_results,
+)
 from rrm_fast.bench.machine import LoadSampler, describe_load, describe_machine  # noqa: E402
 from rrm_fast.ops import feature_matching_backend  # noqa: E402
 from rrm_fast.ops.feature_matching_reference import feature_matching_loss_ref  # noqa: E402
@@ -285,12 +286,7 @@ def main(argv=None) -> str:
     machine = describe_machine(device)
     report = format_report(rows, device, machine, load.stats(), time.perf_counter() - t0)
     print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "load": load.stats(), "rows": rows}, indent=1))
+    write_results(report, args.out, {"machine": machine, "load": load.stats(), "rows": rows}, args.json)
     return report
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from device_timing import (  # noqa: E402
     batched, calls_per_sample, copy_bandwidth, graph_replay, median_per_call, rotating, sets_to_exceed_l2,
+    write_results,
 )
 from rrm_fast import _ext  # noqa: E402
 from rrm_fast.bench.machine import LoadSampler, describe_load, describe_machine  # noqa: E402
@@ -272,13 +272,8 @@ def main(argv=None) -> int:
     graph_error = next((r["graph_error"] for r in rows if r.get("graph_error")), None)
     if graph_error:
         header.append(f"CUDA-graph capture failed ({graph_error}): ratios use wall time")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(rows, header))
-        print(f"wrote {args.markdown}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "load": load.stats(), "copy": copy, "rows": rows}, indent=1))
+    write_results(markdown(rows, header), args.markdown,
+                  {"machine": machine, "load": load.stats(), "copy": copy, "rows": rows}, args.json)
     return 0
 
 

@@ -11,6 +11,7 @@
   kernel's efficiency is judged by; the wall time of back-to-back calls is reported beside it).
 * ``copy_bandwidth(device)``: a device-to-device copy, bytes read + written per second: the
   ceiling a memory-bound op is compared with.
+* ``write_results``: a benchmark's Markdown report and JSON data, written atomically.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from rrm_fast.bench.timing import interleaved_times, medians, sync, time_once  # noqa: E402
+from rrm_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def batched(fn, n: int):
@@ -95,3 +97,11 @@ def copy_bandwidth(device: torch.device, nbytes: int = 2**30, reps: int = 10) ->
     seconds = median_per_call({"copy": call}, {"copy": per_sample}, device, reps=reps)["copy"]
     del src, dst
     return {"bytes": 2 * n * 4, "seconds": seconds, "gbps": 2 * n * 4 / seconds / 1e9}
+
+
+def write_results(report: str, markdown_path: Path | None, data: dict, json_path: Path | None) -> None:
+    """The report and the data, each where asked (rrm_fast.io: a crash leaves the old file or the new)."""
+    if markdown_path:
+        atomic_write_text(markdown_path, report)
+    if json_path:
+        atomic_write_json(json_path, data)

@@ -221,8 +221,9 @@ def compile_all(arch: int, selected: list[Case] | None = None) -> list[dict]:
             except Exception as err:  # noqa: BLE001 - a failed variant is a result, reported by the caller
                 rows.append(dict(arch=arch, case=asdict(case), variant=case.describe(), error=f"{type(err).__name__}: {err}"))
                 continue
-            if id(compiled) in seen:
+            if id(compiled) in seen:  # the same kernel: it is gated if any of its cases is
                 seen[id(compiled)]["also"].append(case.describe())
+                seen[id(compiled)]["spill_gated"] |= spill_gated(case)
                 continue
             ptx = compiled.asm["ptx"]
             row = dict(arch=arch, case=asdict(case), variant=case.describe(), seconds=round(time.perf_counter() - t0, 2),

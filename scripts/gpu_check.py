@@ -49,6 +49,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # a bare GPU machine has no install of this checkout
+from rrm_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 @dataclass
@@ -215,8 +217,8 @@ def targets(found: dict, on_gpu: bool) -> list[dict]:
 
 
 def write_summary(out: Path, header: dict, results: dict, found: dict, goals: list[dict]) -> None:
-    (out / "summary.json").write_text(json.dumps({**header, "parts": results, "findings": found, "targets": goals},
-                                                 indent=1, default=str))
+    atomic_write_json(out / "summary.json", {**header, "parts": [{"name": n, **r} for n, r in results.items()],
+                                             "findings": found, "targets": goals})
     lines = [f"# rrm_fast device check: {header['device']}", "",
              f"{header['date']}; {header['python']}; torch {header['torch']}; triton {header['triton']}; "
              f"whole check {header['seconds']:.0f} s of a {header['budget_s']} s budget.", "",
@@ -229,7 +231,7 @@ def write_summary(out: Path, header: dict, results: dict, found: dict, goals: li
         value = "-" if g["value"] is None else f"{g['value']:.2f}"
         lines.append(f"| {g['target']} | {value} | {g['floor']:g} | {g['status']} |")
     lines += ["", "Key numbers (JSON):", "", "```", json.dumps(found, indent=1, default=str), "```", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    atomic_write_text(out / "summary.md", "\n".join(lines))
 
 
 def pack(out: Path, dest: Path) -> None:
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
     if not kernels_importable(env):
         link_kernels_package()
     if name and shutil.which("nvidia-smi"):
-        (out / "nvidia-smi.txt").write_text(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
+        atomic_write_text(out / "nvidia-smi.txt", subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout)
     for i, part in enumerate(parts(out), 1):
         results[part.name] = run_part(part, i, out, name is not None, args.budget - (time.time() - t0), env)
         print(f"gpu_check: {part.name:17s} {results[part.name]['status']:9s} {results[part.name]['seconds']:6.0f} s"
