@@ -118,20 +118,27 @@ def extension_modules(env=os.environ):
     build_cuda, why = cuda_build_decision(env, torch.version.cuda, _find_nvcc(env))
     print(f"rrm_fast setup: CUDA extension {'on' if build_cuda else 'off'} ({why})", file=sys.stderr)
     if build_cuda:
-        extensions.append(
-            CUDAExtension(
-                "rrm_fast._C_cuda",
-                CUDA_SOURCES,
-                include_dirs=[CSRC],
-                # No --use_fast_math: sqrt and division round like the reference; --fmad=false
-                # for the same reason as -ffp-contract=off above.
-                extra_compile_args={
-                    "cxx": ["-O3", "-g0", "-DNDEBUG"],
-                    "nvcc": ["-O3", "-DNDEBUG", "-lineinfo", "--fmad=false"],
-                },
-            )
-        )
+        extensions.append(cuda_extension(CUDAExtension))
     return extensions, {"build_ext": BuildExtension}
+
+
+def cuda_extension(CUDAExtension, include_dirs=(), library_dirs=(), extra_link_args=()):
+    """rrm_fast._C_cuda: its sources and flags, in one place (scripts/check_cuda_build.py builds
+    the same extension against a CUDA torch's headers in CI; it passes that torch's directories,
+    which then come ahead of the installed torch's)."""
+    return CUDAExtension(
+        "rrm_fast._C_cuda",
+        CUDA_SOURCES,
+        include_dirs=[*include_dirs, CSRC],
+        library_dirs=list(library_dirs),
+        # No --use_fast_math: sqrt and division round like the reference; --fmad=false
+        # for the same reason as -ffp-contract=off above.
+        extra_compile_args={
+            "cxx": ["-O3", "-g0", "-DNDEBUG"],
+            "nvcc": ["-O3", "-DNDEBUG", "-lineinfo", "--fmad=false"],
+        },
+        extra_link_args=list(extra_link_args),
+    )
 
 
 if __name__ == "__main__":

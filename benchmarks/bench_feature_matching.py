@@ -1,7 +1,7 @@
 """Benchmark: forward + backward of the feature-matching loss, fused op vs eager vs torch.compile.
 
     python benchmarks/bench_feature_matching.py [--device cuda] [--kinds cosine,rel_l2]
-        [--dtypes float32,bfloat16] [--out benchmarks/results/feature_matching_cpu.md]
+        [--dtypes float32,bfloat16] [--shapes 4096x2048,128x128] [--out results.md] [--json results.json]
 
 What one timed call does: loss = f(S, T) with reduction "mean", then dL/dS by autograd (the
 teacher is frozen, as in RRM, so T needs no gradient). Variants, all in the same run:
@@ -10,10 +10,13 @@ teacher is frozen, as in RRM, so T needs no gradient). Variants, all in the same
   fused     rrm_fast.feature_matching_loss: the Triton kernel on CUDA; on CPU it dispatches to
             the same reference as "eager" (Triton needs a GPU), so there it measures only the
             dispatch overhead and its ratio should be ~1.
-Reported: median time over the timed repetitions (after warm-up, synchronised), the ratio to
-eager (eager time / variant time, > 1 is faster), achieved GB/s against the bytes the op must
-move (read S and T, write dS: B*D*(size(S) + size(T) + size(S))), and peak memory above what
-was live before the call (CUDA: max_memory_allocated; CPU: peak RSS growth, see CpuPeakMemory).
+Timing (rrm_fast.bench.timing: round-robin samples, medians): each sample is several back-to-back
+calls; on CUDA the calls rotate over enough input sets to exceed 4x the L2 cache, and each
+variant is also timed as CUDA-graph replays (device time, no Python or launch gaps), which is
+the column the ratios use when it exists. Reported: median per call, the ratio to eager and to
+compiled (their time / this time, > 1 is faster), achieved GB/s against the bytes the op must
+move (read S and T, write dS: B*D*(size(S) + size(T) + size(S))), and peak memory above what was
+live before the call (CUDA: max_memory_allocated; CPU: peak RSS growth, see CpuPeakMemory).
 """
 from __future__ import annotations
 
@@ -21,10 +24,7 @@ import argparse
 import ctypes
 import datetime
 import os
-import platform
 import re
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +36,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import rrm_fast  # noqa: E402
+from device_timing import (  # noqa: E402
+    batched, calls_per_sample, graph_replay, median_per_call, rotating, sets_to_exceed_l2, write_results,
+)
+from rrm_fast.bench.machine import LoadSampler, describe_load, describe_machine  # noqa: E402
 from rrm_fast.ops import feature_matching_backend  # noqa: E402
 from rrm_fast.ops.feature_matching_reference import feature_matching_loss_ref  # noqa: E402
 
@@ -46,23 +50,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 # ---------------------------------------------------------------------------------------------
-# device description and memory measurement
+# memory measurement
 # ---------------------------------------------------------------------------------------------
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
-    model = platform.processor() or "unknown CPU"
-    cores = os.cpu_count()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
-        cores = int(re.search(r"^CPU\(s\):\s*(\d+)", lscpu, re.M).group(1))
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        pass
-    return f"{model}, {cores} logical cores, torch threads {torch.get_num_threads()}"
-
-
 class CpuPeakMemory:
     """Peak resident-memory growth of this process while it runs a function (Linux + glibc).
 
@@ -125,45 +114,8 @@ def peak_memory_bytes(fn, device: torch.device, cpu_meter: CpuPeakMemory) -> int
 
 
 # ---------------------------------------------------------------------------------------------
-# timing
+# the timed call
 # ---------------------------------------------------------------------------------------------
-def median_seconds(fn, device: torch.device, warmup: int = 3, min_reps: int = 5, max_reps: int = 50,
-                   min_total_s: float = 0.5) -> float:
-    """Median wall time of fn() after warm-up; each repetition synchronised (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    total = 0.0
-    while len(times) < min_reps or (total < min_total_s and len(times) < max_reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            t = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn()
-            t = time.perf_counter() - t0
-        times.append(t)
-        total += t
-    return statistics.median(times)
-
-
-def interleaved_medians(calls: dict, device: torch.device, warmup: int = 3, reps: int = 15) -> dict:
-    """Median seconds of each call, timing them in alternation so that load from other
-    processes (a shared CI machine) falls on all of them alike; for ratio gates."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, fn in calls.items():
-            times[name].append(median_seconds(fn, device, warmup=0, min_reps=1, max_reps=1, min_total_s=0.0))
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def make_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     student = torch.randn(B, D, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
@@ -172,7 +124,7 @@ def make_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, seed: 
     return student, teacher
 
 
-def make_variant(name: str, kind: str):
+def make_variant(name: str, kind: str, compile_backend: str = "inductor"):
     """A function (S, T) -> dL/dS computing forward and backward with the named implementation."""
     if name == "eager":
         loss_fn = feature_matching_loss_ref
@@ -180,7 +132,7 @@ def make_variant(name: str, kind: str):
         # One static graph per (shape, kind, dtype): more than dynamo's default 8 recompiles,
         # after which it would silently run the function eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        loss_fn = torch.compile(feature_matching_loss_ref, fullgraph=True, dynamic=False)
+        loss_fn = torch.compile(feature_matching_loss_ref, fullgraph=True, dynamic=False, backend=compile_backend)
     elif name == "fused":
         loss_fn = rrm_fast.feature_matching_loss
     else:
@@ -201,56 +153,89 @@ def op_bytes(student: torch.Tensor, teacher: torch.Tensor) -> int:
 
 
 def measure(B: int, D: int, kind: str, dtype: torch.dtype, device: torch.device, variants=VARIANTS,
-            cpu_meter: CpuPeakMemory | None = None, **timing) -> list[dict]:
+            cpu_meter: CpuPeakMemory | None = None, reps: int = 15, compile_backend: str = "inductor",
+            graphs: bool | None = None) -> list[dict]:
+    """One row per variant, timed round-robin in this call (see the module docstring)."""
     cpu_meter = cpu_meter or CpuPeakMemory()
-    student, teacher = make_inputs(B, D, dtype, device)
+    graphs = device.type == "cuda" if graphs is None else graphs
+    probe = make_inputs(B, D, dtype, device)
+    sets = [probe] + [make_inputs(B, D, dtype, device, seed=i)
+                      for i in range(1, sets_to_exceed_l2(op_bytes(*probe), device))]
+    fns = {name: make_variant(name, kind, compile_backend) for name in variants}
+    calls = {name: rotating(fn, sets) for name, fn in fns.items()}
+    for call in calls.values():  # compile / autotune outside the timing
+        for _ in range(len(sets) + 1):
+            call()
+    target = 2e-3 if device.type == "cuda" else 2e-2
+    n = {name: max(len(sets), calls_per_sample(call, device, target)) for name, call in calls.items()}
+    wall = median_per_call({k: batched(c, n[k]) for k, c in calls.items()}, n, device, reps)
+    graph, graph_error = {}, None
+    if graphs:
+        try:
+            graph = median_per_call({k: graph_replay(c, n[k], device) for k, c in calls.items()}, n, device, reps)
+        except Exception as err:  # noqa: BLE001 - reported in the table; wall times still stand
+            graph_error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    primary = graph or wall
     rows = []
     for name in variants:
-        fwd_bwd = make_variant(name, kind)
-
-        def call():
-            return fwd_bwd(student, teacher)
-
-        t = median_seconds(call, device, **timing)
         rows.append(dict(kind=kind, B=B, D=D, dtype=str(dtype).replace("torch.", ""), variant=name,
-                         seconds=t, gbps=op_bytes(student, teacher) / t / 1e9,
-                         peak_bytes=peak_memory_bytes(call, device, cpu_meter)))
-    eager = next(r["seconds"] for r in rows if r["variant"] == "eager") if "eager" in variants else None
+                         backend=feature_matching_backend(device.type) if name == "fused" else "reference",
+                         wall_s=wall[name], graph_s=graph.get(name), graph_error=graph_error,
+                         seconds=primary[name], clock="graph" if graph else "wall", input_sets=len(sets),
+                         gbps=op_bytes(*probe) / primary[name] / 1e9,
+                         peak_bytes=peak_memory_bytes(lambda: fns[name](*probe), device, cpu_meter)))
     for r in rows:
-        r["speedup_vs_eager"] = eager / r["seconds"] if eager else None
+        for base in ("eager", "compiled"):
+            r[f"x_{base}"] = primary[base] / r["seconds"] if base in primary else None
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
-def format_report(rows: list[dict], device: torch.device, seconds_total: float) -> str:
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_report(rows: list[dict], device: torch.device, machine: dict, load: dict, seconds_total: float) -> str:
     fused_backend = feature_matching_backend(device.type)
+    graph_error = next((r["graph_error"] for r in rows if r.get("graph_error")), None)
     lines = [
         "# Feature-matching loss: fused vs eager vs torch.compile (forward + backward)",
         "",
-        f"- device: {device.type}: {describe_device(device)}",
-        f"- torch {torch.__version__}, python {platform.python_version()}, "
-        f"date {datetime.date.today().isoformat()}, whole run {seconds_total:.0f} s"
-        + (f", load average at the end {os.getloadavg()[0]:.1f} (other processes share these cores)" if device.type == "cpu" else ""),
+        f"- device: {machine['summary']}",
+        f"- python {machine['python']}, date {datetime.date.today().isoformat()}, whole run {seconds_total:.0f} s; "
+        f"{describe_load(load)}",
         f"- `fused` ran the **{fused_backend}** backend"
         + (" (Triton needs a GPU, so on this CPU `fused` is the same reference code as `eager`:"
            " its ratio shows dispatch overhead and noise, not a kernel speed-up)" if fused_backend == "reference" else ""),
         "- one call: mean-reduced loss of S, T (B x D) and dL/dS by autograd; T frozen (no gradient)",
-        "- median of synchronised repetitions after 3 warm-up calls; `x eager` = eager median / variant median",
+        "- medians of round-robin samples of back-to-back calls, after warm-up; `graph us`: CUDA-graph replay"
+        " (device time), the clock of the ratios and GB/s when present; `x eager` = eager / variant, `x compiled`"
+        " = compiled / variant; `sets`: input sets the calls rotate over (4x L2 on CUDA)",
         "- GB/s against the bytes the op must move: read S and T, write dS",
         "- peak MiB: memory above what was live before the call (CUDA: max_memory_allocated;"
-        " CPU: peak RSS growth while glibc mmaps every block >= 64 KiB; timed with glibc's mmap threshold at 32 MiB)",
-        "",
-        "| kind | B | D | dtype | variant | median ms | x eager | GB/s | peak MiB |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+        " CPU: peak RSS growth while glibc mmaps every block >= 64 KiB)",
     ]
+    if graph_error:
+        lines.append(f"- CUDA-graph capture failed ({graph_error}): ratios use wall time")
+    lines += ["", "| kind | B | D | dtype | variant | wall us | graph us | x eager | x compiled | GB/s | peak MiB | sets |",
+              "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
-        ratio = "n/a" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}"
-        lines.append(f"| {r['kind']} | {r['B']} | {r['D']} | {r['dtype']} | {r['variant']} | "
-                     f"{r['seconds'] * 1e3:.3f} | {ratio} | {r['gbps']:.2f} | {peak} |")
+        peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20
+        graph = None if r["graph_s"] is None else r["graph_s"] * 1e6
+        lines.append(f"| {r['kind']} | {r['B']} | {r['D']} | {r['dtype']} | {r['variant']} | {r['wall_s'] * 1e6:.1f} | "
+                     f"{_fmt(graph, '.1f')} | {_fmt(r['x_eager'], '.2f')} | {_fmt(r['x_compiled'], '.2f')} | "
+                     f"{r['gbps']:.1f} | {_fmt(peak, '.1f')} | {r['input_sets']} |")
     return "\n".join(lines) + "\n"
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        B, D = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not BxD, e.g. 4096x2048") from None
+    return B, D
 
 
 def parse_args(argv=None):
@@ -260,13 +245,21 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", default="float32", help=f"comma-separated from {sorted(DTYPES)}")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--dims", default=",".join(map(str, FEATURE_DIMS)))
+    p.add_argument("--shapes", type=lambda t: [parse_shape(x) for x in t.split(",")],
+                   help="comma-separated BxD pairs, e.g. 4096x2048,128x128 (instead of --batch-sizes x --dims)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--reps", type=int, default=15, help="round-robin samples per variant (median taken)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of `compiled` "
+                   "(aot_eager: the same trace without code generation, for quick CPU rehearsals)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--out", type=Path, help="also write the markdown report here")
+    p.add_argument("--json", type=Path, help="also write the rows, machine and load here")
     args = p.parse_args(argv)
     for dt in args.dtypes.split(","):
         if dt not in DTYPES:
             p.error(f"unknown dtype {dt!r}; choose from {sorted(DTYPES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda given but torch sees no GPU; run with --device cpu")
     return args
 
 
@@ -275,26 +268,25 @@ def main(argv=None) -> str:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda given but torch sees no GPU; run with --device cpu")
+    shapes = args.shapes or [(B, D) for B in map(int, args.batch_sizes.split(",")) for D in map(int, args.dims.split(","))]
     t0 = time.perf_counter()
     cpu_meter = CpuPeakMemory()
     rows = []
-    for kind in args.kinds.split(","):
-        for dt in args.dtypes.split(","):
-            for B in map(int, args.batch_sizes.split(",")):
-                for D in map(int, args.dims.split(",")):
-                    got = measure(B, D, kind, DTYPES[dt], device, tuple(args.variants.split(",")), cpu_meter)
+    with LoadSampler(interval=5.0) as load:
+        for kind in args.kinds.split(","):
+            for dt in args.dtypes.split(","):
+                for B, D in shapes:
+                    got = measure(B, D, kind, DTYPES[dt], device, tuple(args.variants.split(",")), cpu_meter,
+                                  reps=args.reps, compile_backend=args.compile_backend)
                     rows.extend(got)
                     for r in got:
-                        print(f"{kind:13s} B={B:5d} D={D:5d} {dt:8s} {r['variant']:8s} "
-                              f"{r['seconds'] * 1e3:9.3f} ms  x{r['speedup_vs_eager'] or 0:5.2f}  {r['gbps']:7.1f} GB/s",
-                              flush=True)
-    report = format_report(rows, device, time.perf_counter() - t0)
+                        print(f"{kind:13s} B={B:5d} D={D:5d} {dt:8s} {r['variant']:8s} {r['seconds'] * 1e6:10.1f} us "
+                              f"({r['clock']})  x{_fmt(r['x_eager'], '5.2f')} eager  x{_fmt(r['x_compiled'], '5.2f')} "
+                              f"compiled  {r['gbps']:7.1f} GB/s", flush=True)
+    machine = describe_machine(device)
+    report = format_report(rows, device, machine, load.stats(), time.perf_counter() - t0)
     print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+    write_results(report, args.out, {"machine": machine, "load": load.stats(), "rows": rows}, args.json)
     return report
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_feature_matching import BATCH_SIZES, FEATURE_DIMS, interleaved_medians, make_inputs, make_variant
-from gate import synchronised
+from bench_feature_matching import BATCH_SIZES, FEATURE_DIMS, make_inputs, make_variant
+from gate import interleaved_medians, synchronised
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 FLOORS = json.loads((Path(__file__).parent / "floors.json").read_text())

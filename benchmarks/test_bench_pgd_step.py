@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_pgd_step import EAGER, FUSED, SHAPES, interleaved_medians, make_inputs, make_variants, op_bytes
+from bench_pgd_step import EAGER, FUSED, SHAPES, make_inputs, make_variants, op_bytes
 from rrm_fast.ops import pgd_backend
+from device_timing import batched, calls_per_sample, median_per_call
 from gate import synchronised
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -52,10 +53,11 @@ def test_fused_vs_eager_ratio_floor(benchmark, op):
         pytest.fail("the compiled CPU extension is not built; the fused ops would run the reference")
     delta, grad, x = make_inputs(GATE_SHAPE, torch.float32, DEVICE)
     eager, fused = EAGER[op], FUSED[op]
+    calls = {"eager": lambda: eager(delta, grad, x), "fused": lambda: fused(delta, grad, x)}
     with torch.no_grad():
-        medians = interleaved_medians(
-            {"eager": lambda: eager(delta, grad, x), "fused": lambda: fused(delta, grad, x)}, DEVICE, reps=21
-        )
+        # samples of ~20 ms (a call is ~1 ms on the CPU: single calls are at the mercy of the load)
+        n = {name: calls_per_sample(call, DEVICE, 2e-2) for name, call in calls.items()}
+        medians = median_per_call({k: batched(c, n[k]) for k, c in calls.items()}, n, DEVICE, reps=21)
     ratio = medians["eager"] / medians["fused"]
     benchmark.extra_info.update(device=DEVICE.type, eager_median_s=medians["eager"],
                                 fused_median_s=medians["fused"], ratio=ratio, floor=floor)

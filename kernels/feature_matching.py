@@ -8,6 +8,8 @@ Triton's interpreter on CPU tensors, which is how CI tests the kernel itself wit
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -19,6 +21,12 @@ KIND_IDS = {"cosine": 0, "rel_l2": 1, "normalized_l2": 2}
 # registers for the gradient writes; larger D loops twice, the second loop re-reading the row from
 # L1/L2 (a row of S and T at D=8192 fp32 is 64 KiB, so it is still cache-resident when re-read).
 MAX_BLOCK_D = 4096
+# The looped path (D > MAX_BLOCK_D) runs one row per program in LOOP_BLOCK_D-wide chunks on
+# LOOP_WARPS warps: 8 elements per thread for each of its three or four accumulators and two
+# input tiles. With 4096-wide chunks (16 per thread) those variants needed ~100 registers, and
+# ptxas 13.4 (Triton 3.9's, for sm_90) capped some at 80 and spilled (tests/test_triton_aot.py).
+LOOP_BLOCK_D = 2048
+LOOP_WARPS = 8
 # Elements per (rows x D-chunk) tile. Small D packs several rows into one program so that each
 # program still issues wide loads; large D gets one or two rows per program.
 TILE_ELEMS = 4096
@@ -52,7 +60,7 @@ def _feature_matching_fwd_kernel(
     S, T, LOSS, DS, DT,
     B, D,
     stride_sb, stride_sd, stride_tb, stride_td, stride_dsb, stride_dtb,
-    eps,
+    EPS: tl.constexpr,
     KIND: tl.constexpr,
     WRITE_DS: tl.constexpr,
     WRITE_DT: tl.constexpr,
@@ -68,12 +76,16 @@ def _feature_matching_fwd_kernel(
     s_rows = S + rows64[:, None] * stride_sb
     t_rows = T + rows64[:, None] * stride_tb
     cols = tl.arange(0, BLOCK_D)
+    # eps is a compile-time constant built in ACC: a runtime float argument is typed fp32 by the
+    # JIT, which would round fp64's eps (the interpreter keeps the Python float, hiding that).
+    eps = tl.full([BLOCK_B], EPS, dtype=ACC)
 
     # ---- pass 1: row statistics -------------------------------------------------------------
     if ONE_CHUNK:
         mask = row_mask[:, None] & (cols[None, :] < D)
-        s = tl.load(s_rows + cols[None, :] * stride_sd, mask=mask, other=0.0).to(ACC)
-        t = tl.load(t_rows + cols[None, :] * stride_td, mask=mask, other=0.0).to(ACC)
+        c64 = cols.to(tl.int64)[None, :]
+        s = tl.load(s_rows + c64 * stride_sd, mask=mask, other=0.0).to(ACC)
+        t = tl.load(t_rows + c64 * stride_td, mask=mask, other=0.0).to(ACC)
         ss = tl.sum(s * s, axis=1)
         tt = tl.sum(t * t, axis=1)
         st = tl.sum(s * t, axis=1)
@@ -88,8 +100,9 @@ def _feature_matching_fwd_kernel(
         for off in range(0, D, BLOCK_D):
             c = off + cols
             mask = row_mask[:, None] & (c[None, :] < D)
-            s = tl.load(s_rows + c[None, :] * stride_sd, mask=mask, other=0.0).to(ACC)
-            t = tl.load(t_rows + c[None, :] * stride_td, mask=mask, other=0.0).to(ACC)
+            c64 = c.to(tl.int64)[None, :]
+            s = tl.load(s_rows + c64 * stride_sd, mask=mask, other=0.0).to(ACC)
+            t = tl.load(t_rows + c64 * stride_td, mask=mask, other=0.0).to(ACC)
             acc_ss += s * s
             acc_tt += t * t
             acc_st += s * t
@@ -157,8 +170,9 @@ def _feature_matching_fwd_kernel(
             for off in range(0, D, BLOCK_D):
                 c = off + cols
                 mask = row_mask[:, None] & (c[None, :] < D)
-                s = tl.load(s_rows + c[None, :] * stride_sd, mask=mask, other=0.0).to(ACC)
-                t = tl.load(t_rows + c[None, :] * stride_td, mask=mask, other=0.0).to(ACC)
+                c64 = c.to(tl.int64)[None, :]
+                s = tl.load(s_rows + c64 * stride_sd, mask=mask, other=0.0).to(ACC)
+                t = tl.load(t_rows + c64 * stride_td, mask=mask, other=0.0).to(ACC)
                 if KIND == 2:
                     u = s * inv_cs[:, None] - t * inv_ct[:, None]
                     acc_uu += u * u
@@ -180,8 +194,9 @@ def _feature_matching_fwd_kernel(
     tl.store(LOSS + rows, loss.to(LOSS.dtype.element_ty), mask=row_mask)
 
 
-# out[i, :] = g[i, :] * go[i], computed in fp32 (fp64 for fp64 g) and stored in out's dtype.
-# This is the whole backward: the gradient of each row's loss was written by the forward kernel.
+# out[i, :] = g[i, :] * go[i], computed in fp32 (fp64 for fp64 g) and stored in out's dtype (the
+# input's, which for fp16 differs from g's fp32). This is the whole backward: the gradient of each
+# row's loss was written by the forward kernel.
 @triton.jit
 def _scale_rows_kernel(
     G, GO, OUT,
@@ -206,8 +221,36 @@ def _scale_rows_kernel(
 INTERPRETED = isinstance(_feature_matching_fwd_kernel, InterpretedFunction)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch, fully specified: ``kernel[grid](*args, **params)``.
+
+    The wrappers below build these and run them; tests/test_triton_aot.py builds the same ones
+    (on meta tensors) and compiles them for sm_80/sm_90 instead, so the variants compiled in CI
+    are exactly the ones these wrappers launch.
+    """
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    params: dict
+
+    def __call__(self):
+        return self.kernel[self.grid](*self.args, **self.params)
+
+
 def _acc_dtype(*dtypes: torch.dtype):
     return tl.float64 if any(dt == torch.float64 for dt in dtypes) else tl.float32
+
+
+def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the forward stores a row gradient in: fp32 for fp16 inputs, else the input's.
+
+    A zero fp16 student row has dl/ds = t/(eps |t|), ~1e6/sqrt(D) per element: past fp16's 65504
+    before grad_output (e.g. 1/B, or a GradScaler's scale) is applied, so fp16 would store inf.
+    bf16 has fp32's range and keeps its own dtype (half the bytes written and kept alive).
+    """
+    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def launch_config(B: int, D: int) -> tuple[int, int, bool, int]:
@@ -216,14 +259,52 @@ def launch_config(B: int, D: int) -> tuple[int, int, bool, int]:
     Heuristic, chosen for bandwidth: a tile of ~TILE_ELEMS elements per program (enough bytes in
     flight per SM), one D chunk whenever D <= MAX_BLOCK_D so the row is read once, 4 warps for
     tiles up to 2048 elements and 8 above (keeps the two fp32 tiles at <= 32 registers per thread).
+    Larger D loops over LOOP_BLOCK_D chunks, one row per program.
     """
-    block_d = min(triton.next_power_of_2(max(D, 1)), MAX_BLOCK_D)
-    block_d = max(block_d, 16)
+    if D > MAX_BLOCK_D:
+        return 1, LOOP_BLOCK_D, False, LOOP_WARPS
+    block_d = max(triton.next_power_of_2(max(D, 1)), 16)
     tile = TILE_ELEMS_INTERPRETED if INTERPRETED else TILE_ELEMS
     block_b = max(1, min(triton.next_power_of_2(B), tile // block_d))
     one_chunk = D <= block_d
     num_warps = 4 if block_b * block_d <= 2048 else 8
     return block_b, block_d, one_chunk, num_warps
+
+
+def fwd_launch(student, teacher, kind: str, eps: float, write_ds: bool, write_dt: bool):
+    """(Launch, (loss rows, dL/dS, dL/dT)) of the fused forward; the outputs are allocated, not written."""
+    B, D = student.shape
+    acc = _acc_dtype(student.dtype, teacher.dtype)
+    loss = torch.empty(B, device=student.device, dtype=torch.float64 if acc == tl.float64 else torch.float32)
+    ds = torch.empty((B, D) if write_ds else (0,), device=student.device, dtype=saved_grad_dtype(student.dtype))
+    dt = torch.empty((B, D) if write_dt else (0,), device=teacher.device, dtype=saved_grad_dtype(teacher.dtype))
+    block_b, block_d, one_chunk, num_warps = launch_config(B, D)
+    args = (
+        # An unwritten gradient still needs a valid pointer for the (never executed) stores.
+        student, teacher, loss, ds if write_ds else student, dt if write_dt else teacher,
+        B, D,
+        student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
+        D if write_ds else 0, D if write_dt else 0,
+    )
+    params = dict(
+        EPS=float(eps), KIND=KIND_IDS[kind], WRITE_DS=write_ds, WRITE_DT=write_dt, ONE_CHUNK=one_chunk, ACC=acc,
+        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=num_warps, enable_fp_fusion=FP_FUSION,
+    )
+    return Launch(_feature_matching_fwd_kernel, (triton.cdiv(B, block_b),), args, params), (loss, ds, dt)
+
+
+def scale_launch(grad_rows_loss, grad_out, out_dtype: torch.dtype):
+    """(Launch, out) of the backward's row scaling; out is allocated, not written."""
+    B, D = grad_rows_loss.shape
+    out = torch.empty((B, D), device=grad_rows_loss.device, dtype=out_dtype)
+    block_d = max(16, min(triton.next_power_of_2(D), 1024))
+    tile = TILE_ELEMS_INTERPRETED if INTERPRETED else TILE_ELEMS
+    block_b = max(1, min(triton.next_power_of_2(B), tile // block_d))
+    grid = (triton.cdiv(B, block_b), triton.cdiv(D, block_d))
+    args = (grad_rows_loss, grad_out, out, B, D, grad_rows_loss.stride(0), grad_out.stride(0), out.stride(0))
+    params = dict(ACC=_acc_dtype(grad_rows_loss.dtype, grad_out.dtype), BLOCK_B=block_b, BLOCK_D=block_d,
+                  num_warps=4, enable_fp_fusion=FP_FUSION)
+    return Launch(_scale_rows_kernel, grid, args, params), out
 
 
 def feature_matching_fwd(
@@ -236,55 +317,17 @@ def feature_matching_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the fused forward. Returns (loss rows, dL/dS, dL/dT).
 
-    loss rows are fp32 (fp64 for fp64 inputs). dL/dS has student's dtype and dL/dT teacher's
-    dtype, contiguous; a gradient that was not asked for is returned as an empty tensor.
-    Inputs may have any strides (row stride and column stride are passed to the kernel).
+    loss rows are fp32 (fp64 for fp64 inputs). dL/dS and dL/dT are contiguous, in
+    saved_grad_dtype() of the student's / teacher's dtype; a gradient that was not asked for is
+    returned as an empty tensor. Inputs may have any strides (row and column strides are passed).
     """
-    B, D = student.shape
-    acc = _acc_dtype(student.dtype, teacher.dtype)
-    loss = torch.empty(B, device=student.device, dtype=torch.float64 if acc == tl.float64 else torch.float32)
-    ds = torch.empty((B, D) if write_ds else (0,), device=student.device, dtype=student.dtype)
-    dt = torch.empty((B, D) if write_dt else (0,), device=teacher.device, dtype=teacher.dtype)
-    # An empty placeholder still needs a valid pointer for the (never executed) stores.
-    ds_arg = ds if write_ds else student
-    dt_arg = dt if write_dt else teacher
-    block_b, block_d, one_chunk, num_warps = launch_config(B, D)
-    grid = (triton.cdiv(B, block_b),)
-    _feature_matching_fwd_kernel[grid](
-        student, teacher, loss, ds_arg, dt_arg,
-        B, D,
-        student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
-        D if write_ds else 0, D if write_dt else 0,
-        float(eps),
-        KIND=KIND_IDS[kind],
-        WRITE_DS=write_ds,
-        WRITE_DT=write_dt,
-        ONE_CHUNK=one_chunk,
-        ACC=acc,
-        BLOCK_B=block_b,
-        BLOCK_D=block_d,
-        num_warps=num_warps,
-        enable_fp_fusion=FP_FUSION,
-    )
-    return loss, ds, dt
+    launch, outputs = fwd_launch(student, teacher, kind, eps, write_ds, write_dt)
+    launch()
+    return outputs
 
 
-def scale_rows(grad_rows_loss: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """grad_rows_loss (B x D, contiguous rows) times grad_out (B,) per row, in grad_rows_loss's dtype."""
-    B, D = grad_rows_loss.shape
-    out = torch.empty_like(grad_rows_loss, memory_format=torch.contiguous_format)
-    block_d = max(16, min(triton.next_power_of_2(D), 1024))
-    tile = TILE_ELEMS_INTERPRETED if INTERPRETED else TILE_ELEMS
-    block_b = max(1, min(triton.next_power_of_2(B), tile // block_d))
-    grid = (triton.cdiv(B, block_b), triton.cdiv(D, block_d))
-    _scale_rows_kernel[grid](
-        grad_rows_loss, grad_out, out,
-        B, D,
-        grad_rows_loss.stride(0), grad_out.stride(0), out.stride(0),
-        ACC=_acc_dtype(grad_rows_loss.dtype, grad_out.dtype),
-        BLOCK_B=block_b,
-        BLOCK_D=block_d,
-        num_warps=4,
-        enable_fp_fusion=FP_FUSION,
-    )
+def scale_rows(grad_rows_loss: torch.Tensor, grad_out: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """grad_rows_loss (B x D, contiguous rows) times grad_out (B,) per row, returned in out_dtype."""
+    launch, out = scale_launch(grad_rows_loss, grad_out, out_dtype)
+    launch()
     return out

@@ -17,11 +17,13 @@ Layer 2 of three (kernel in kernels/feature_matching.py -> this custom op with a
   ``TRITON_INTERPRET=1`` was in the environment when the kernel module was first imported, in
   which case they run the same Triton kernel in Triton's interpreter (that is how CI tests it).
 
-Stored gradient dtype: the input's own dtype. In bf16/fp16 that halves the bytes the forward
-writes and the memory kept alive until backward (the dominant costs of a memory-bound op); the
-rounding it adds (one bf16 rounding of each gradient element, before the fp32 scaling) is the
-same rounding eager autograd applies when it hands a bf16 leaf its gradient, so accuracy stays
-within bf16's own ~4e-3 relative step.
+Stored gradient dtype: the input's own dtype for fp32, bf16 and fp64; fp32 for fp16. In bf16 that
+halves the bytes the forward writes and the memory kept alive until backward (the dominant costs
+of a memory-bound op); the rounding it adds (one bf16 rounding of each gradient element, before the
+fp32 scaling) is the same rounding eager autograd applies when it hands a bf16 leaf its gradient,
+so accuracy stays within bf16's own ~4e-3 relative step. fp16 cannot hold the unscaled gradient:
+a zero student row's t/(eps |t|) is ~1e6/sqrt(D) per element, past fp16's 65504, so it is stored
+in fp32 and rounded to fp16 only after scaling by grad_output (as eager autograd does).
 """
 from __future__ import annotations
 
@@ -81,12 +83,12 @@ def _launch_fwd(student, teacher, kind, eps, need_ds, need_dt):
     return mod.feature_matching_fwd(student, teacher, kind, eps, need_ds, need_dt)
 
 
-def _launch_scale(row_grads, grad_rows):
+def _launch_scale(row_grads, grad_rows, out_dtype):
     mod = _load_kernels()
     if row_grads.is_cuda and row_grads.device.index != torch.cuda.current_device():
         with torch.cuda.device(row_grads.device):
-            return mod.scale_rows(row_grads, grad_rows)
-    return mod.scale_rows(row_grads, grad_rows)
+            return mod.scale_rows(row_grads, grad_rows, out_dtype)
+    return mod.scale_rows(row_grads, grad_rows, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +100,7 @@ class _FeatureMatchingRows(torch.autograd.Function):
     def forward(ctx, student, teacher, kind, eps, need_ds, need_dt):
         loss, ds, dt = _launch_fwd(student, teacher, kind, eps, need_ds, need_dt)
         ctx.save_for_backward(ds, dt)
+        ctx.grad_dtypes = (student.dtype, teacher.dtype)
         return loss
 
     @staticmethod
@@ -108,8 +111,9 @@ class _FeatureMatchingRows(torch.autograd.Function):
                 "rrm_fast.ops.feature_matching_reference.feature_matching_loss_ref"
             )
         ds, dt = ctx.saved_tensors
-        grad_s = _launch_scale(ds, grad_loss) if ctx.needs_input_grad[0] and ds.numel() else None
-        grad_t = _launch_scale(dt, grad_loss) if ctx.needs_input_grad[1] and dt.numel() else None
+        s_dtype, t_dtype = ctx.grad_dtypes
+        grad_s = _launch_scale(ds, grad_loss, s_dtype) if ctx.needs_input_grad[0] and ds.numel() else None
+        grad_t = _launch_scale(dt, grad_loss, t_dtype) if ctx.needs_input_grad[1] and dt.numel() else None
         return grad_s, grad_t, None, None, None, None
 
 
@@ -127,36 +131,39 @@ def _feature_matching_rows_op(
 def _(student, teacher, kind, eps, need_ds, need_dt):
     B, D = student.shape
     loss_dtype = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
+    saved_grad_dtype = _load_kernels().saved_grad_dtype
     loss = student.new_empty((B,), dtype=loss_dtype)
-    ds = student.new_empty((B, D) if need_ds else (0,))
-    dt = teacher.new_empty((B, D) if need_dt else (0,))
+    ds = student.new_empty((B, D) if need_ds else (0,), dtype=saved_grad_dtype(student.dtype))
+    dt = teacher.new_empty((B, D) if need_dt else (0,), dtype=saved_grad_dtype(teacher.dtype))
     return loss, ds, dt
 
 
 @torch.library.custom_op("rrm_fast::feature_matching_scale_rows", mutates_args=())
-def _scale_rows_op(row_grads: torch.Tensor, grad_rows: torch.Tensor) -> torch.Tensor:
-    return _launch_scale(row_grads, grad_rows)
+def _scale_rows_op(row_grads: torch.Tensor, grad_rows: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    return _launch_scale(row_grads, grad_rows, out_dtype)
 
 
 @_scale_rows_op.register_fake
-def _(row_grads, grad_rows):
-    return torch.empty_like(row_grads, memory_format=torch.contiguous_format)
+def _(row_grads, grad_rows, out_dtype):
+    return row_grads.new_empty(row_grads.shape, dtype=out_dtype)
 
 
 def _setup_context(ctx, inputs, output):
     _, ds, dt = output
     ctx.save_for_backward(ds, dt)
+    ctx.grad_dtypes = (inputs[0].dtype, inputs[1].dtype)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _grad_ds, _grad_dt):
     ds, dt = ctx.saved_tensors
+    s_dtype, t_dtype = ctx.grad_dtypes
     grad_s = grad_t = None
     if grad_loss is not None:
         if ctx.needs_input_grad[0] and ds.numel():
-            grad_s = _scale_rows_op(ds, grad_loss)
+            grad_s = _scale_rows_op(ds, grad_loss, s_dtype)
         if ctx.needs_input_grad[1] and dt.numel():
-            grad_t = _scale_rows_op(dt, grad_loss)
+            grad_t = _scale_rows_op(dt, grad_loss, t_dtype)
     return grad_s, grad_t, None, None, None, None
 
 
