@@ -16,7 +16,6 @@ comparison resumes where it stopped: harness.py).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -25,11 +24,12 @@ import time
 from pathlib import Path
 
 from ..attacks import default_step
-from ..errors import run_cli
+from ..errors import OneLineArgumentParser, run_cli
 from ..io import atomic_write_json
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
+from ..validation import whole_number
 from . import harness
 from .machine import describe_load
 
@@ -50,7 +50,7 @@ QUICK = dict(train_size=1000, test_size=200, monitor_size=100, epochs=1, teacher
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m rrm_fast.bench.compare", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="python -m rrm_fast.bench.compare", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="directory for the results files (JSON + Markdown)")
     p.add_argument("--runs-dir", default="runs/compare", help="where each method's run directory goes")
     p.add_argument("--quick", action="store_true", help=f"small smoke budget {QUICK} instead of {FULL}")
@@ -64,13 +64,13 @@ def build_parser():
                    help="applied to every method with a teacher (default random, as the papers train; teacher: the "
                         "student starts with a copy of the teacher's classifier, needs equal phi widths)")
     for key in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
-    p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--monitor-steps", type=int, default=10, help="PGD steps of the per-epoch held-out check")
+        p.add_argument("--" + key.replace("_", "-"), type=whole_number, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
+    p.add_argument("--attack-steps", type=whole_number, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
+    p.add_argument("--batch-size", type=whole_number, default=128)
+    p.add_argument("--monitor-steps", type=whole_number, default=10, help="PGD steps of the per-epoch held-out check")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--sigma", type=float, default=0.25, help="noise of the CRT chain's teacher and student")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole_number, default=0)
     p.add_argument("--tag", default=None, help="suffix of the results files' names, for a second table with other settings")
     harness.add_run_arguments(p, clock_default="wall")
     return p
