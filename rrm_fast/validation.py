@@ -131,6 +131,20 @@ def whole_number(text: str) -> int:
 whole_number.__name__ = "whole number"  # what argparse names in "invalid whole number value"
 
 
+def eps_mistake(eps: float, norm: str, image_shape, flag: str = "--eps") -> str | None:
+    """A warning for an attack radius beyond what [0, 1] images allow (the ball then reaches the
+    mid-grey image from every image, so nothing can be robust in it), or None."""
+    if norm == "Linf" and eps > 0.5:
+        hint = f"; did you mean {eps:g}/255 = {eps / 255:.4g}?" if eps >= 1 else ""
+        return (f"{flag} {eps:g} is more than half the [0, 1] pixel range: an Linf ball that large reaches mid-grey "
+                f"from every image, so no model can be robust in it{hint}")
+    radius = 0.5 * math.sqrt(math.prod(image_shape))
+    if norm == "L2" and eps > radius:
+        return (f"{flag} {eps:g} (L2) is more than {radius:.3g}, half the diagonal of the [0, 1] image cube: the ball "
+                "reaches mid-grey from every image, so no model can be robust in it")
+    return None
+
+
 # --------------------------------------------------------------------------- config files
 def read_text_file(path, what: str, limit: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of a regular file of at most ``limit`` bytes (a device or FIFO is never read)."""

@@ -16,7 +16,6 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -156,6 +155,54 @@ CASES = {
                                       "config.json: --epochs: expected a whole number, got 'three'"),
     "resume config.json damaged": Case("train", ["--resume", "{s}/resume_damaged"], "config.json: not valid JSON"),
     "resume with another --lr": Case("train", ["--resume", "{s}/has_run", "--lr", "0.1"], "drop --lr"),
+    # ---------------------------------------------------------------- eval: its outputs never replace an input
+    "eval --out the checkpoint": Case("eval", ["{s}/s.safetensors", "--out", "{s}/s.safetensors"],
+                                      "--out {s}/s.safetensors is the checkpoint being evaluated"),
+    "eval --out its sidecar": Case("eval", ["{s}/s.safetensors", "--out", "{s}/s.json"],
+                                   "--out {s}/s.json is the checkpoint's sidecar being evaluated"),
+    "eval --out another sidecar": Case("eval", ["{s}/s.safetensors", "--out", "{s}/rgb.json"],
+                                       "is the sidecar of the checkpoint {s}/rgb.safetensors"),
+    "eval --out a missing sidecar's name": Case("eval", ["{s}/s.safetensors", "--out", "{t}/m.json"],
+                                                "is the sidecar of the checkpoint {t}/m.safetensors",
+                                                {"m.safetensors": b"weights without their sidecar"}),
+    "eval --out /dev/full": Case("eval", ["{s}/s.safetensors", "--out", "/dev/full"], "/dev/full is not a regular file"),
+    "eval --out a directory": Case("eval", ["{s}/s.safetensors", "--out", "{t}"], "--out {t} is a directory"),
+    "eval --out under /dev/full": Case("eval", ["{s}/s.safetensors", "--out", "/dev/full/r.json"],
+                                       "/dev/full is not a directory"),
+    "eval --out a file of the user's": Case("eval", ["{s}/s.safetensors", "--out", "{s}/notes.txt"],
+                                            "exists and is not an rrm_fast evaluation result"),
+    "eval --out a run's config.json": Case("eval", ["{s}/s.safetensors", "--out", "{s}/has_run/config.json"],
+                                           "exists and is not an rrm_fast evaluation result"),
+    "eval progress file of the user's": Case("eval", ["{s}/s.safetensors", "--out", "{t}/r.json"],
+                                             "its progress file {t}/r.partial.json exists and is not",
+                                             {"r.partial.json": "my own file\n"}),
+    "eval --n 1.5": Case("eval", ["{s}/s.safetensors", "--suite", "certify", "--n", "1.5"],
+                         "argument --n: invalid whole number value: '1.5'"),
+    "eval --n 0": Case("eval", ["{s}/s.safetensors", "--suite", "certify", "--n", "0"], "--n0 and --n must be >= 1"),
+    "eval --steps 0": Case("eval", ["{s}/s.safetensors", "--steps", "0"], "--steps must be >= 1"),
+    "eval --eps -1": Case("eval", ["{s}/s.safetensors", "--eps", "-1"], "--eps must be >= 0"),
+    "eval --radii a": Case("eval", ["{s}/s.safetensors", "--radii", "0,a"], "--radii must be comma-separated numbers"),
+    "eval --suite bogus": Case("eval", ["{s}/s.safetensors", "--suite", "bogus"], "argument --suite: invalid choice"),
+    "eval flag typo": Case("eval", ["{s}/s.safetensors", "--test-sise", "5"],
+                           "unrecognized arguments: --test-sise 5 (did you mean --test-size?); see python -m "
+                           "rrm_fast.eval --help"),
+    "eval --device banana": Case("eval", ["{s}/s.safetensors", "--device", "banana"], "--device 'banana' is not a device"),
+    "eval a missing checkpoint": Case("eval", ["{t}/nope.safetensors"], "checkpoint {t}/nope.safetensors not found"),
+    "eval sidecar of another class count": Case("eval", ["{s}/five.safetensors"],
+                                                "its sidecar describes cnn_small with 5 classes"),
+    "eval sidecar of another width": Case("eval", ["{s}/wide.safetensors"], "256-d features, but the weights have"),
+    "eval sidecar that is an eval result": Case("eval", ["{s}/swapped.safetensors"], "does not describe an rrm_fast model"),
+    "eval RGB checkpoint on grey images": Case("eval", ["{s}/rgb.safetensors", "--dataset", "fashion_mnist"],
+                                               "checkpoint expects 3-channel inputs and 10 classes but fashion_mnist"),
+    "eval no CIFAR folder": Case("eval", ["{s}/s.safetensors", "--dataset", "cifar10", "--data-dir", "{t}/nope"],
+                                 "cifar10 not found at {t}/nope"),
+    # ---------------------------------------------------------------- eval: long work says how long
+    "eval certify --n 1e12": Case("eval", ["{s}/s.safetensors", "--suite", "certify", "--n", "1e12", "--sigma", "0.25"],
+                                  "more than 12 h; lower --n, --n0 or --test-size, or pass --allow-long"),
+    "eval standard --n-queries 1e9": Case("eval", ["{s}/s.safetensors", "--suite", "standard", "--n-queries", "1e9",
+                                                   "--out", "{t}/r.json"], "or pass --allow-long to run it anyway"),
+    "eval quick --steps 1e8": Case("eval", ["{s}/s.safetensors", "--steps", "100000000", "--out", "{t}/r.json"],
+                                   "or pass --allow-long to run it anyway"),
     # ---------------------------------------------------------------- info and bench
     "info flag typo": Case("info", ["--bogus"], "unrecognized arguments: --bogus; see python -m rrm_fast.info --help"),
     "bench unknown command": Case("bench", ["claimz"], "unknown command 'claimz'"),
@@ -173,6 +220,8 @@ CASES = {
         "--train-size 10000000 is more than fashion_mnist's 200 training images less the 50 held out", warning=True),
     "warning: --lr 0": Case("train", [*NATURAL, "--lr", "0", "--out", "{t}/run"], "--lr 0: the weights never change",
                             warning=True),
+    "warning: eval --eps 1.5": Case("eval", ["{s}/s.safetensors", "--eps", "1.5", "--steps", "1", "--diag-size", "0",
+                                             "--out", "{t}/run/r.json"], "--eps 1.5 is more than half", warning=True),
     "warning: resnet18 at 8x8": Case("train", ["--method", "natural", "--dataset", "imagefolder", "--data-dir",
                                                "{s}/folder", "--resolution", "8", "--student", "resnet18", "--out",
                                                "{t}/run", "--monitor-size", "6", "--test-size", "6", "--epochs", "1",
@@ -183,8 +232,11 @@ CASES = {
 
 # --------------------------------------------------------------------------- the shared inputs
 def _checkpoint(path: Path, channels=1, side=28, **sidecar_edits) -> None:
+    """A cnn_small checkpoint (untrained: these rows test what happens around the model) whose run config points at
+    the tiny Fashion-MNIST copy beside it, so an evaluation of it reads 200 test images."""
     model = create_model("cnn_small", 10, channels, (0.3,) * channels, (0.3,) * channels, side)
-    save_model(path, model, {"config": {"dataset": "fashion_mnist", "eps": 0.1, "norm": "Linf"}})
+    config = {"dataset": "fashion_mnist", "data_dir": str(path.parent / "fm"), "eps": 0.1, "norm": "Linf"}
+    save_model(path, model, {"config": config})
     if sidecar_edits:  # a sidecar that is valid JSON and keeps the weights' sha256, but describes another model
         meta = json.loads(path.with_suffix(".json").read_text())
         meta["model"].update(sidecar_edits)
@@ -321,3 +373,31 @@ def test_rrm_fast_debug_shows_the_traceback(tmp_path):
         r = subprocess.run([sys.executable, "-m", "rrm_fast.train", "--method", "natural", "--epochs", "0"],
                            capture_output=True, text=True, cwd=REPO, env=child_env(**{var: "1"}), timeout=300)
         assert r.returncode != 0 and "Traceback" in r.stderr and "--epochs must be >= 1" in r.stderr, (var, r.stderr)
+
+
+def test_certify_with_n_1e12_prints_an_estimate_and_refuses_within_30_s(inputs):
+    """The issue's command, as a real process: an estimate on stdout, one line on stderr, exit 2, in < 30 s."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "rrm_fast.eval", str(inputs / "s.safetensors"), "--suite", "certify",
+                        "--n", "1e12", "--sigma", "0.25"], capture_output=True, text=True, cwd=REPO, env=child_env(),
+                       timeout=120)
+    seconds = time.perf_counter() - t0
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "more than 12 h" in err[0] and "--allow-long" in err[0], r.stderr
+    assert "estimated time:" in r.stdout and "--suite certify on 200 images" in r.stdout, r.stdout
+    assert seconds < 30, seconds
+    assert not (inputs / "s.eval-certify.json").exists() and not (inputs / "s.eval-certify.partial.json").exists()
+
+
+def test_a_second_evaluation_keeps_the_first_result_and_says_where(inputs, tmp_path, capsys):
+    from rrm_fast.eval import main
+    out = tmp_path / "r.json"
+    argv = [str(inputs / "s.safetensors"), "--steps", "1", "--diag-size", "0", "--out", str(out)]
+    assert main([*argv, "--test-size", "20"]) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--test-size", "30"]) == 0
+    said = capsys.readouterr().out
+    kept = [p for p in tmp_path.iterdir() if p.name not in ("r.json",)]
+    assert len(kept) == 1 and f"the earlier result is kept as {kept[0]}" in said, (said, kept)
+    assert kept[0].read_bytes() == first and json.loads(out.read_bytes())["n"] == 30

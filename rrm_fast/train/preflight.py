@@ -12,12 +12,12 @@ a --train-size above the dataset's, an architecture whose last feature maps are 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from ..checkpoint import read_meta
 from ..models import ARCHS
 from ..models.fit import fit, fitting, smallest_side
+from ..validation import eps_mistake
 from .config import TrainConfig
 from .teacher import uses_teacher
 
@@ -81,14 +81,9 @@ def check_teacher_file(cfg: TrainConfig, channels: int, side: int) -> None:
 def likely_mistakes(cfg: TrainConfig, n_train: int, image_shape) -> list[str]:
     """Settings that run but probably are not what was meant, one line each."""
     lines = []
-    if cfg.norm == "Linf" and cfg.eps > 0.5:
-        hint = f"; did you mean {cfg.eps:g}/255 = {cfg.eps / 255:.4g}?" if cfg.eps >= 1 else ""
-        lines.append(f"--eps {cfg.eps:g} is more than half the [0, 1] pixel range: an Linf ball that large reaches "
-                     f"mid-grey from every image, so no model can be robust in it{hint}")
-    diameter = math.sqrt(math.prod(image_shape))
-    if cfg.norm == "L2" and cfg.eps > diameter / 2:
-        lines.append(f"--eps {cfg.eps:g} (L2) is more than half the diameter {diameter:.1f} of the [0, 1] image cube of "
-                     f"{cfg.dataset}: the ball reaches mid-grey from every image")
+    eps = eps_mistake(cfg.eps, cfg.norm, image_shape)
+    if eps:
+        lines.append(eps)
     if cfg.lr == 0:
         lines.append("--lr 0: the weights never change; the run trains nothing")
     if cfg.train_size is not None and cfg.train_size + cfg.monitor_size > n_train:
