@@ -74,6 +74,22 @@ def check_writable_place(path, what: str) -> None:
         raise ValueError(f"{what} {path}: no permission to write in {ancestor}; choose another path")
 
 
+def check_output_dir(path, what: str) -> None:
+    """Before any work: ``path`` is a directory, or one that can be created (see check_writable_place)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a directory; name a new or existing directory")
+    check_writable_place(path, what)
+
+
+def check_output_file(path, what: str) -> None:
+    """Before any work: ``path`` is a regular file, or one that can be created (see check_writable_place)."""
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{what} {path} exists and is not a regular file (a directory, a device); name a file")
+    check_writable_place(path, what)
+
+
 def fsync_dir(path) -> None:
     """Make a rename durable (the directory entry), where the OS allows it."""
     try:

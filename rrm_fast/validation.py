@@ -37,6 +37,14 @@ class Range:
         return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
                 and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
 
+    def broken_by(self, v) -> "Range":
+        """The side of the range ``v`` lies beyond (the whole range when it is not a number)."""
+        if (self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt):
+            return Range(ge=self.ge, gt=self.gt)
+        if (self.le is not None and v > self.le) or (self.lt is not None and v >= self.lt):
+            return Range(le=self.le, lt=self.lt)
+        return self
+
     def __str__(self) -> str:
         def num(v):
             return str(v) if isinstance(v, int) else f"{v:g}"
@@ -109,7 +117,8 @@ def check_value(where: str, value, kind, *, bounds: Range | None = None, choices
     if choices is not None and value not in choices:
         raise ValueError(f"{where}: expected one of {', '.join(map(str, choices))}, got {describe(value)}")
     if bounds is not None and isinstance(value, (int, float)) and value not in bounds:
-        raise ValueError(f"{where} must be {bounds} (got {value if isinstance(value, int) else format(value, 'g')})")
+        got = value if isinstance(value, int) else format(value, "g")
+        raise ValueError(f"{where} must be {bounds.broken_by(value)} (got {got})")
     return value
 
 

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from ..errors import OneLineArgumentParser, run_cli
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
@@ -249,6 +249,7 @@ def _run_claims(args, argv, callbacks) -> dict:
     clock = harness.resolve_clock(args.clock, device_kind)
     # a quick run never overwrites the recorded results
     out = Path(args.out or ("runs/claims-quick/results" if args.quick else f"benchmarks/results/claims_{device_kind}"))
+    check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     # Methods with a teacher run first (the teacher is trained by the first of them): on a shared
     # machine whose load eases as the session goes on, that order favours the baselines, not RRM.
@@ -261,7 +262,7 @@ def _run_claims(args, argv, callbacks) -> dict:
     plot(res, out / "claims.png")
     md = render_markdown(res)
     atomic_write_json(out / "claims.json", res)
-    (out / "claims.md").write_text(md)
+    atomic_write_text(out / "claims.md", md)
     print(md)
     print(f"-> {out / 'claims.json'}, {out / 'claims.md'}, {out / 'claims.png'}")
     return res

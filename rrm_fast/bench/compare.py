@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..attacks import default_step
 from ..errors import OneLineArgumentParser, run_cli
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
@@ -202,6 +202,7 @@ def main(argv=None, *, callbacks=()) -> int:
         args = build_parser().parse_args(argv)
         if args.tag is not None and not args.tag.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"--tag {args.tag!r}: use letters, digits, '_' and '-' only (it becomes part of a file name)")
+        check_output_dir(args.out, "--out")  # before hours of training, not after
         configs = method_configs(args)
         with harness.torch_threads(args.threads):
             result = compare(args, argv, configs, callbacks)
@@ -211,7 +212,7 @@ def main(argv=None, *, callbacks=()) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"{stem}.json", result)
-        (out / f"{stem}.md").write_text(render_markdown(result))
+        atomic_write_text(out / f"{stem}.md", render_markdown(result))
         print(render_markdown(result))
         print(f"-> {out / (stem + '.json')}, {out / (stem + '.md')}")
         return 0

@@ -50,6 +50,7 @@ import torch
 
 from ..attacks import ce_per_sample
 from ..errors import OneLineArgumentParser
+from ..io import atomic_write_text, check_output_file
 from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..runtime import resolve_device
@@ -263,7 +264,12 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.threads:
             torch.set_num_threads(args.threads)
-        pgd = tuple(int(k) for k in args.pgd_steps.split(",") if k.strip())
+        if args.out:
+            check_output_file(args.out, "--out")
+        try:
+            pgd = tuple(int(k) for k in args.pgd_steps.split(",") if k.strip())
+        except ValueError:
+            pgd = ()
         if not pgd or min(pgd) < 1:
             raise ValueError(f"--pgd-steps needs positive integers (got {args.pgd_steps!r})")
         res = run_steps(args.device, reps=args.reps, warmup=args.warmup, clock=args.clock, batch_size=args.batch_size,
@@ -274,9 +280,8 @@ def main(argv=None) -> int:
         print(md)
         if args.out:
             out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(md)
-            out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), **res}, indent=1))
+            atomic_write_text(out, md)
+            atomic_write_text(out.with_suffix(".json"), json.dumps({"command": command.strip(), **res}, indent=1))
             print(f"-> {out}, {out.with_suffix('.json')}")
         return 0
 

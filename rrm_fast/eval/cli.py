@@ -144,6 +144,9 @@ def _load_job(args) -> Job:
     # folder datasets are decoded at the resolution the model was built for
     extra = {"resolution": spec["image_size"]} if dataset in FOLDER_DATASETS and spec.get("image_size") else {}
     ds = load_dataset(dataset, args.split, args.data_dir or train_cfg.get("data_dir"), **extra)
+    if args.test_size and args.test_size > len(ds):
+        logging.getLogger("rrm_fast.eval").warning("--test-size %d is more than the %d images of %s/%s: evaluating "
+                                                   "all of them", args.test_size, len(ds), dataset, args.split)
     if args.test_size:
         ds = ds.subset(torch.arange(min(args.test_size, len(ds))))
     if ds.image_shape[0] != spec["in_channels"] or ds.num_classes != spec["num_classes"]:
@@ -165,6 +168,9 @@ def result_path(args) -> Path:
 
 def check_outputs(args) -> None:
     """Before anything is loaded: the results file and its progress file may be written (rrm_fast.eval.outputs)."""
+    if Path(args.checkpoint).is_dir():
+        raise ValueError(f"checkpoint {args.checkpoint} is a directory; pass the .safetensors file a training run wrote "
+                         "(RUN_DIR/final.safetensors)")
     out = result_path(args)
     check_result_path(out, Path(args.checkpoint), "--out" if args.out else "the results file")
     check_result_path(out.with_name(out.stem + ".partial.json"), Path(args.checkpoint), "its progress file",

@@ -109,6 +109,12 @@ class Method:
 
     def compile_conflict(self) -> str | None:
         """Why torch.compile cannot train this method with these options, or None."""
+        return self.compile_conflict_with({key: getattr(self, key) for key in self.options})
+
+    @classmethod
+    def compile_conflict_with(cls, options: dict) -> str | None:
+        """``compile_conflict`` from option values alone (every option given), so the trainer can ask
+        before it builds anything."""
         return None
 
     def attack(self, steps=None, **kw) -> PGD:

@@ -47,8 +47,9 @@ class KDIGA(Method):
             g_t, = torch.autograd.grad(ce_t, x_t)
         return t_logits.detach(), g_t
 
-    def compile_conflict(self):
-        if self.iga_gamma > 0:
+    @classmethod
+    def compile_conflict_with(cls, options):
+        if options["iga_gamma"] > 0:
             return ("--method kdiga backpropagates through an input gradient (double backward), which "
                     "torch.compile does not support; drop --compile (or pass --iga-gamma 0)")
         return None

@@ -29,7 +29,8 @@ from ..runtime import check_device_name
 from ..validation import Range, check_value, describe, read_mapping
 
 SCHEDULES = ("auto", "cosine", "cyclic", "constant")
-COUNT, NON_NEGATIVE = Range(ge=1), Range(ge=0)  # counts and sizes; weights, rates, radii
+COUNT, NON_NEGATIVE = Range(ge=1), Range(ge=0)  # sizes and intervals; weights, rates, radii
+REPEATS = Range(ge=1, le=100_000)  # epochs, steps, restarts: beyond this a typo, not a plan
 
 
 def _field(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, flag: bool = True,
@@ -51,7 +52,7 @@ class TrainConfig:
     teacher_arch: str | None = _field(None, "architecture of a teacher file from elsewhere (RobustBench, timm, "
                                             "torchvision state dicts); weights are mapped onto it")
     teacher_method: str = _field("fast_at", "method that trains an architecture-named teacher")
-    teacher_epochs: int = _field(4, "epochs of an architecture-named teacher", bounds=COUNT)
+    teacher_epochs: int = _field(4, "epochs of an architecture-named teacher", bounds=REPEATS)
     head_init: Literal["random", "teacher"] = _field("random", "teacher: start the student's classifier as a copy "
                                                                "of the teacher's")
     dataset: Literal[DATASETS + FOLDER_DATASETS] = _field("fashion_mnist", "imagefolder: any DIR/train/<class>/*.jpg "
@@ -60,7 +61,7 @@ class TrainConfig:
     data_dir: str | None = _field(None, "the dataset's folder")
     resolution: int | None = _field(None, "side of the square images of a folder dataset (224 when not given)",
                                    bounds=Range(ge=1, le=8192))
-    epochs: int = _field(2, "training epochs", bounds=COUNT)
+    epochs: int = _field(2, "training epochs", bounds=REPEATS)
     batch_size: int = _field(128, "the GLOBAL batch: under torchrun each of N processes takes batch-size / N",
                              bounds=COUNT)
     lr: float = _field(0.05, "SGD learning rate (peak of the schedule)", bounds=NON_NEGATIVE)
@@ -71,11 +72,11 @@ class TrainConfig:
     eps: float = _field(0.1, "attack radius in pixel units (images are in [0, 1])", bounds=NON_NEGATIVE)
     norm: Literal["Linf", "L2"] = _field("Linf", "threat model")
     alpha: float | None = _field(None, "training PGD step (2.5*eps/steps when not given)", bounds=NON_NEGATIVE)
-    attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)", bounds=COUNT)
-    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split", bounds=COUNT)
-    eval_restarts: int = _field(1, "random restarts of the final evaluation", bounds=COUNT)
+    attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)", bounds=REPEATS)
+    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split", bounds=REPEATS)
+    eval_restarts: int = _field(1, "random restarts of the final evaluation", bounds=REPEATS)
     monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check", bounds=COUNT)
-    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check", bounds=COUNT)
+    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check", bounds=REPEATS)
     amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on CPU only where measured faster")
     channels_last: bool = _field(True, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the student")

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from ..checkpoint import read_meta
+from ..methods import METHODS
 from ..models import ARCHS
 from ..models.fit import fit, fitting, smallest_side
 from ..validation import eps_mistake
@@ -27,6 +28,13 @@ log = logging.getLogger("rrm_fast.train")
 def preflight(cfg: TrainConfig, full_train, *, speak: bool = True) -> None:
     """Raise ValueError for a run that cannot work; log warnings (when ``speak``: rank 0) for likely mistakes."""
     c, h, w = full_train.image_shape
+    if cfg.monitor_size >= len(full_train):
+        raise ValueError(f"--monitor-size {cfg.monitor_size} must be less than {cfg.dataset}'s {len(full_train)} training "
+                         "images (they are held out of training for the per-epoch check); lower it")
+    method = METHODS[cfg.method]
+    conflict = method.compile_conflict_with({**{k: o.default for k, o in method.options.items()}, **cfg.method_options})
+    if cfg.compile and conflict:
+        raise ValueError(conflict)
     for flag, arch in models_to_check(cfg):
         check_architecture(flag, arch, cfg.dataset, c, h, speak=speak)
     if uses_teacher(cfg):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist_util
-from ..io import check_writable_place
+from ..io import check_output_dir
 from ..resume import capture_rng, join_tensors, load_latest_state, restore_rng, save_state, split_tensors
 from .config import TrainConfig, changed_settings
 from .loop import Progress
@@ -73,9 +73,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "report.json", "final.safetensors",
 def check_out(out: Path, *, resume: bool, exist_ok: bool) -> None:
     """--out is a directory this run may create or write in, and - unless the run continues
     there (--resume) or the caller owns it (exist_ok) - holds no file the run would write."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory; a run writes a directory of files - choose a new path")
-    check_writable_place(out, "--out")
+    check_output_dir(out, "--out")
     if resume or exist_ok or not out.is_dir():
         return
     if (out / "config.json").exists():
