@@ -6,7 +6,7 @@ import ctypes
 import logging
 import os
 import random
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,37 +93,34 @@ class Precision:
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
 
-def _median_step_time(model, x, y, dtype, iters=4) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    times = []
-    for i in range(iters + 1):
-        t0 = time.perf_counter()
-        with (torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if i:  # first iteration is warm-up
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX-512 BF16 or AMX-BF16; Arm's bf16
+    feature), from /proc/cpuinfo's flags. Without it, bf16 autocast on a CPU is emulated and
+    slower than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def resolve_precision(amp: bool, device: torch.device, model=None, sample=None) -> Precision:
-    """--amp: fp16 + GradScaler on CUDA (bf16 where supported, no scaler needed); on a CPU,
-    bf16 autocast only where a quick measurement of this model's training step shows it
-    faster, otherwise fp32 with a note."""
+def resolve_precision(amp: bool, device: torch.device) -> Precision:
+    """--amp: bf16 autocast on CUDA where supported (no scaler needed), else fp16 + GradScaler;
+    on a CPU, bf16 autocast where the CPU has native bf16 instructions, otherwise fp32 with a
+    note. The rule reads the hardware, not a timing, so the same command on the same machine
+    always computes the same way (a speed probe flipped between bf16 and fp32 with the load)."""
     if not amp:
         return Precision(None, device, "fp32 (no --amp)")
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return Precision(torch.bfloat16, device, "bf16 autocast on CUDA")
         return Precision(torch.float16, device, "fp16 autocast + GradScaler on CUDA")
-    if model is None or sample is None:
-        return Precision(None, device, "fp32 on CPU (bf16 not measured)")
-    x, y = sample
-    import copy
-    probe = copy.deepcopy(model).train()
-    fp32 = _median_step_time(probe, x, y, None)
-    bf16 = _median_step_time(probe, x, y, torch.bfloat16)
-    if bf16 < 0.9 * fp32:
-        return Precision(torch.bfloat16, device, f"bf16 autocast on CPU (measured {fp32 / bf16:.2f}x faster than fp32)")
-    return Precision(None, device, f"--amp: fp32 on CPU (bf16 measured {fp32 / bf16:.2f}x of fp32 speed here, not faster)")
+    if cpu_has_native_bf16():
+        return Precision(torch.bfloat16, device, "bf16 autocast on CPU (native bf16 instructions)")
+    return Precision(None, device, "--amp: fp32 on CPU (no native bf16 instructions here; emulated bf16 is slower)")

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 # Allocates a 64 MiB tensor and reports, from glibc's mallinfo2, how many bytes sat in
 # mmapped blocks while it lived and how big the heap stayed after it was freed. glibc's
@@ -78,3 +79,19 @@ def test_importing_rrm_fast_changes_no_allocator_setting():
     """Only the CLIs switch the allocator; a user importing the fused loss keeps glibc's defaults."""
     res, _ = _probe("import")
     assert res["mmapped"] >= MIB64
+
+
+def test_cpu_amp_follows_the_hardware_not_a_timing():
+    """--amp on a CPU: bf16 exactly where the CPU has native bf16 instructions, the same every time."""
+    from rrm_fast.runtime import cpu_has_native_bf16, resolve_precision
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nmodel name\t: X\n"
+    assert cpu_has_native_bf16(x86.format("avx512_bf16"))
+    assert cpu_has_native_bf16(x86.format("amx_bf16 amx_tile"))
+    assert not cpu_has_native_bf16(x86.format("avx512_vnni"))
+    assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")  # Arm
+    assert not cpu_has_native_bf16("")
+    cpu = torch.device("cpu")
+    names = {resolve_precision(True, cpu).name for _ in range(3)}
+    assert names == {"bf16" if cpu_has_native_bf16() else "fp32"}
+    assert resolve_precision(False, cpu).name == "fp32"

@@ -27,6 +27,7 @@ in fp32 and rounded to fp16 only after scaling by grad_output (as eager autograd
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -73,22 +74,34 @@ def feature_matching_backend(device_type: str = "cpu") -> str:
 # ---------------------------------------------------------------------------------------------
 # kernel launches (shared by the eager autograd.Function and the compiled-graph custom ops)
 # ---------------------------------------------------------------------------------------------
+def _profiled(name: str):
+    """A named range in torch.profiler traces (which kernel ran, with which gradients written);
+    nothing at all when no profiler is recording, so the hot path pays one flag read."""
+    if torch._C._autograd._profiler_enabled():
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 def _launch_fwd(student, teacher, kind, eps, need_ds, need_dt):
     mod = _load_kernels()
     if mod is None:
         raise RuntimeError(f"the Triton feature-matching kernel failed to import ({_kernels_error}); install triton")
-    if student.is_cuda and student.device.index != torch.cuda.current_device():
-        with torch.cuda.device(student.device):  # Triton launches on the current device
-            return mod.feature_matching_fwd(student, teacher, kind, eps, need_ds, need_dt)
-    return mod.feature_matching_fwd(student, teacher, kind, eps, need_ds, need_dt)
+    name = f"rrm_fast.feature_matching_fwd[{kind}, write_ds={need_ds}, write_dt={need_dt}]"
+    with _on_device(student), _profiled(name):
+        return mod.feature_matching_fwd(student, teacher, kind, eps, need_ds, need_dt)
 
 
 def _launch_scale(row_grads, grad_rows, out_dtype):
     mod = _load_kernels()
-    if row_grads.is_cuda and row_grads.device.index != torch.cuda.current_device():
-        with torch.cuda.device(row_grads.device):
-            return mod.scale_rows(row_grads, grad_rows, out_dtype)
-    return mod.scale_rows(row_grads, grad_rows, out_dtype)
+    with _on_device(row_grads), _profiled("rrm_fast.feature_matching_scale_rows"):
+        return mod.scale_rows(row_grads, grad_rows, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class TrainConfig:
     eval_restarts: int = _field(1, "random restarts of the final evaluation", bounds=REPEATS)
     monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check", bounds=COUNT)
     monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check", bounds=REPEATS)
-    amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on CPU only where measured faster")
+    amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on a CPU with native bf16 instructions")
     channels_last: bool = _field(True, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the student")
     device: str = _field("auto", "auto, cpu, cuda or cuda:N", may_change_on_resume=True)

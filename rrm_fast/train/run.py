@@ -174,12 +174,12 @@ def make_schedule(kind: str, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 
-def choose_precision(cfg: TrainConfig, ctx, device, run: RunDir, student, loader) -> Precision:
-    """A resumed run keeps its precision; a new one measures (CPU bf16) and rank 0's choice holds."""
+def choose_precision(cfg: TrainConfig, ctx, device, run: RunDir) -> Precision:
+    """A resumed run keeps its precision; a new one follows the hardware rule, rank 0's choice holding."""
     if run.loaded is not None:
         return precision_named(run.meta["precision"], device, "as when the run started")
-    precision = resolve_precision(cfg.amp, device, student, next(iter(loader)) if cfg.amp else None)
-    if ctx.enabled:  # a CPU bf16 speed probe may decide differently per rank
+    precision = resolve_precision(cfg.amp, device)
+    if ctx.enabled:  # ranks on different hardware may decide differently
         chosen = dist_util.broadcast_from_main(ctx, precision.name)
         if chosen != precision.name:
             precision = precision_named(chosen, device, "rank 0's choice")
@@ -232,7 +232,7 @@ def _train(cfg: TrainConfig, run: RunDir, ctx, device, full_train, *, resume: bo
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     kind = cfg.schedule if cfg.schedule != "auto" else method.default_schedule
     scheduler = make_schedule(kind, optimizer, epochs * len(data.loader) * method.replays)
-    precision = choose_precision(cfg, ctx, device, run, student, data.loader)
+    precision = choose_precision(cfg, ctx, device, run)
     check = RobustnessCheck(cfg, ctx, device)
     trainer = Trainer(method, optimizer, scheduler=scheduler, scaler=precision.scaler(), precision=precision,
                       student=student, ctx=ctx, device=device, clock=clock,
