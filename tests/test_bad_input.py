@@ -153,6 +153,8 @@ CASES = {
     "--out under /dev/full": Case("train", [*NATURAL, "--out", "/dev/full/run"], "/dev/full is not a directory"),
     "--out holding final.safetensors": Case("train", [*NATURAL, "--out", "{s}/has_final"], "already holds final.safetensors"),
     "--out holding metrics.jsonl": Case("train", [*NATURAL, "--out", "{s}/has_metrics"], "already holds metrics.jsonl"),
+    "--out holding last.json": Case("train", [*NATURAL, "--out", "{s}/has_last"], "already holds last.json"),
+    "--out holding report.json": Case("train", [*NATURAL, "--out", "{s}/has_report"], "already holds report.json"),
     "--out holding state/": Case("train", [*NATURAL, "--out", "{s}/has_state"], "already holds state"),
     "--out holding TensorBoard events": Case("train", [*NATURAL, "--out", "{s}/has_events"],
                                              "already holds events.out.tfevents.1.host"),
@@ -287,6 +289,7 @@ def inputs(tmp_path_factory) -> Path:
     (s / "swapped.json").write_text(json.dumps({"suite": "quick", "robust_acc": 0.5}))  # an eval result in its place
     (s / "notes.txt").write_text("my notes\n")
     for folder, name in (("has_final", "final.safetensors"), ("has_metrics", "metrics.jsonl"),
+                         ("has_last", "last.json"), ("has_report", "report.json"),
                          ("has_events", "events.out.tfevents.1.host"), ("has_demo", "demo.json")):
         (s / folder).mkdir()
         (s / folder / name).write_text("keep me\n")

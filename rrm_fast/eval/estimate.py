@@ -100,8 +100,8 @@ def certify_seconds(n_images: int, n0: int, n: int, batch_size: int, per_sample_
 def check(seconds: float, what: str, lower: str, *, allow_long: bool, upper_bound: bool,
           limit_hours: float = LONG_RUN_HOURS) -> None:
     """Print the estimate; refuse (ValueError, one line) one above ``limit_hours`` unless ``allow_long``."""
-    print(f"estimated time: {'at most ' if upper_bound else ''}{human(seconds)} for {what} (from timing the model on "
-          f"the first batch)", flush=True)
+    bound = "; every attack on every sample, less when samples fall early" if upper_bound else ""
+    print(f"estimated time: ~{human(seconds)} for {what} (from timing the model on the first batch{bound})", flush=True)
     if seconds > limit_hours * 3600 and not allow_long:
         raise ValueError(f"{what} would take about {human(seconds)} by the estimate, more than {limit_hours:g} h; lower "
                          f"{lower}, or pass --allow-long to run it anyway")
