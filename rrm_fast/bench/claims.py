@@ -50,6 +50,7 @@ from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
+from ..train.config import check_teacher_method
 from ..validation import whole_number
 from . import harness
 from .claims_report import label, plot, render_markdown
@@ -107,7 +108,7 @@ def build_parser():
 
 def method_configs(args) -> list[tuple[str, TrainConfig]]:
     size = harness.budget(args, FULL, QUICK)
-    harness.check_teacher_method(args.teacher_method)
+    check_teacher_method(args.teacher_method)
     common = dict(student=args.student, dataset=args.dataset, eps=args.eps, alpha=args.alpha,
                   attack_steps=args.attack_steps, eval_steps=args.eval_steps, eval_restarts=1,
                   monitor_steps=args.monitor_steps, lr=args.lr, seed=args.seed, teacher_method=args.teacher_method,

@@ -29,6 +29,7 @@ from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
+from ..train.config import check_teacher_method
 from ..validation import whole_number
 from . import harness
 from .machine import describe_load
@@ -79,7 +80,7 @@ def build_parser():
 def method_configs(args) -> list[tuple[str, TrainConfig]]:
     size = harness.budget(args, FULL, QUICK)
     names = harness.select_methods(args.methods, METHOD_ORDER + tuple(VARIANTS), VARIANTS)
-    harness.check_teacher_method(args.teacher_method)
+    check_teacher_method(args.teacher_method)
     common = dict(student=args.student, dataset=args.dataset, eps=args.eps, attack_steps=args.attack_steps,
                   batch_size=args.batch_size, monitor_steps=args.monitor_steps, seed=args.seed,
                   teacher_method=args.teacher_method, **size)

@@ -59,12 +59,6 @@ def select_methods(spec: str, every: tuple, variants=()) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_teacher_method(name: str) -> None:
-    if name not in METHODS or METHODS[name].needs_teacher:
-        raise ValueError(f"--teacher-method {name!r} must be a method that trains without a teacher, e.g. fast_at, "
-                         "pgd_at, natural, gaussian_aug")
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """``n`` intra-op threads inside the block (if given); a library caller's setting survives it."""

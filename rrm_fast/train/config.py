@@ -130,15 +130,21 @@ def validate_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value not in ARCHS:
             raise ValueError(f"unknown {flag_name(key)} {describe(value)}; choose one of: {', '.join(ARCHS)}")
-    if cfg.teacher in ARCHS and (cfg.teacher_method not in METHODS or METHODS[cfg.teacher_method].needs_teacher):
-        raise ValueError(f"--teacher-method {describe(cfg.teacher_method)} must be a method that trains without a "
-                         "teacher, e.g. fast_at, pgd_at, natural, gaussian_aug")
+    if cfg.teacher in ARCHS:
+        check_teacher_method(cfg.teacher_method)
     check_device_name(cfg.device)
     check_method_options(cfg)
     if cfg.teacher_arch is not None and cfg.teacher in ARCHS:
         raise ValueError(f"--teacher-arch names the architecture of a teacher FILE; --teacher {cfg.teacher} already "
                          "names an architecture to train (drop one of them)")
     METHODS[cfg.method].check_teacher(cfg.teacher is not None)  # before any data is loaded
+
+
+def check_teacher_method(name: str) -> None:
+    """--teacher-method: a method that trains without a teacher (it trains the teacher)."""
+    if name not in METHODS or METHODS[name].needs_teacher:
+        raise ValueError(f"--teacher-method {describe(name)} must be a method that trains without a teacher, e.g. "
+                         "fast_at, pgd_at, natural, gaussian_aug")
 
 
 def check_method_options(cfg: TrainConfig) -> None:
