@@ -165,6 +165,8 @@ CASES = {
     "resume config.json edited": Case("train", ["--resume", "{s}/resume_edited"],
                                       "config.json: --epochs: expected a whole number, got 'three'"),
     "resume config.json damaged": Case("train", ["--resume", "{s}/resume_damaged"], "config.json: not valid JSON"),
+    "resume with a --config": Case("train", ["--resume", "{s}/has_run", "--config", "{t}/c.yaml"], "drop --config",
+                                   {"c.yaml": "method: natural\n"}),
     "resume a file": Case("train", ["--resume", "{s}/notes.txt"], "no config.json there"),
     "resume with another --lr": Case("train", ["--resume", "{s}/has_run", "--lr", "0.1"], "drop --lr"),
     # ---------------------------------------------------------------- eval: its outputs never replace an input

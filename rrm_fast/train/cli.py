@@ -79,6 +79,9 @@ def parse(argv) -> Request:
     config_file, resume_dir = given.pop("config", None), given.pop("resume", None)
     progress = not given.pop("no_progress", False)
     if resume_dir:
+        if config_file:
+            raise ValueError(f"--resume {resume_dir} continues that run with its own config.json; drop --config "
+                             f"{config_file}, or start a new run from it with another --out")
         return Request(config_for_resume(resume_dir, given), progress, resume=True)
     flags = values_from_flags(given)
     if config_file:
