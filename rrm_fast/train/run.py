@@ -3,8 +3,10 @@
     report = train_run(TrainConfig(method="pgd_at", epochs=3), progress=False)
     report = train_run(cfg, clock=time.thread_time, callbacks=[MyCallback()])
 
-In the order data flows: the run directory (state.open_run: nothing is built for a run that
-cannot start), the teacher's own run when an architecture-named teacher is not cached yet
+In the order data flows: the configuration's check (config.validate_config), the run
+directory (state.open_run: nothing is built for a run that cannot start), the train split
+and the start-up checks that need it or the models (preflight.py; nothing is written before
+they pass), the teacher's own run when an architecture-named teacher is not cached yet
 (teacher.py; it finishes before this run builds anything), seeding, the data (the train
 split minus a held-out slice; the test split only at the end), the models and the method,
 the optimizer, schedule and precision, the callbacks and the restored training state; then
