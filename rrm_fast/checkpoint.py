@@ -82,16 +82,42 @@ def read_meta(path) -> dict:
     if not meta_path.exists():
         raise CheckpointError(f"checkpoint metadata {meta_path} is missing; rrm_fast checkpoints are a .safetensors file plus its .json sidecar")
     try:
-        return json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON ({e.msg}); the file is corrupt") from None
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint metadata {meta_path} is not valid JSON ({getattr(e, 'msg', e)}); the file is "
+                              "corrupt") from None
+    try:
+        check_spec(meta["model"] if isinstance(meta, dict) and "model" in meta else None)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint metadata {meta_path} does not describe an rrm_fast model ({e}); it is not "
+                              f"the sidecar {path.name} was written with - restore it from the run directory") from None
+    return meta
+
+
+def check_spec(spec) -> None:
+    """A sidecar's "model" entry: the architecture and the sizes build_model needs, of the right types."""
+    from .models import ARCHS
+    from .validation import Range, check_value
+
+    check_value("model", spec, dict)
+    check_value("model.arch", spec.get("arch"), str, choices=tuple(ARCHS))
+    for key in ("num_classes", "in_channels"):
+        check_value(f"model.{key}", spec.get(key), int, bounds=Range(ge=1, le=1 << 20))
+    for key in ("image_size", "feature_dim"):
+        check_value(f"model.{key}", spec.get(key), int | None, bounds=Range(ge=1, le=1 << 20))
+    for key in ("mean", "std"):
+        stats = check_value(f"model.{key}", spec.get(key), list)
+        if len(stats) not in (1, spec["in_channels"]):
+            raise ValueError(f"model.{key} has {len(stats)} values for {spec['in_channels']} channels")
+        for v in stats:
+            check_value(f"model.{key}", v, float)
 
 
 def load_state(path, verify: bool = True) -> tuple[dict, dict]:
     path = Path(path)
     meta = read_meta(path)
     if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
-        raise CheckpointError(f"checkpoint {path} fails its sha256 check (truncated or corrupt); use an earlier checkpoint or retrain")
+        raise CheckpointError(f"checkpoint {path} fails its sha256 check (truncated or corrupt, or its sidecar belongs to another file); use an earlier checkpoint or retrain")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises several types for bad headers
@@ -112,6 +138,13 @@ def load_model(path, device="cpu") -> tuple[FeatureClassifier, dict]:
     """Rebuild a zoo model from its checkpoint; returns (model in eval mode, metadata)."""
     state, meta = load_state(path)
     model = build_model(meta["model"])
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in model.state_dict().items()
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        spec = meta["model"]
+        raise CheckpointError(f"checkpoint {path}: its sidecar describes {spec['arch']} with {spec['num_classes']} classes "
+                              f"and {model.feature_dim}-d features, but the weights have other shapes ({', '.join(wrong[:3])}); "
+                              "the sidecar belongs to another checkpoint - restore it from the run directory")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

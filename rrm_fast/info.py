@@ -1,5 +1,6 @@
-"""What rrm_fast runs on here: versions, devices, CPU capability, compiled extensions and
-the backend of every fused op.
+"""What rrm_fast runs on here: versions, devices, CPU capability, compiled extensions, the
+backend of every fused op, where each dataset is looked for (and whether it is there), and
+the teacher cache (where, how many, how large).
 
     python -m rrm_fast.info
 
@@ -75,12 +76,52 @@ def report() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> int:
-    rows = report()
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    return 0
+def _size(path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def storage() -> list[tuple[str, str]]:
+    """(label, value) rows: each dataset's default location and the teacher cache."""
+    from .data.datasets import dataset_locations
+    from .train.teacher import cache_dir
+
+    rows = [(f"data {name}", where) for name, where in dataset_locations().items()]
+    teachers = cache_dir() / "teachers"
+    source = "$RRM_FAST_CACHE" if os.environ.get("RRM_FAST_CACHE") else "default; set RRM_FAST_CACHE to move it"
+    if teachers.is_dir():
+        trained = [d for d in teachers.iterdir() if (d / "final.safetensors").is_file()]
+        others = sum(1 for d in teachers.iterdir() if d.is_dir()) - len(trained)
+        what = f"{len(trained)} trained teacher(s){f', {others} unfinished' if others else ''}, {_size(teachers) / 2**20:.1f} MiB"
+    else:
+        what = "empty (created when a run first trains a teacher)"
+    rows.append(("teacher cache", f"{teachers} ({source}): {what}"))
+    return rows
+
+
+def build_parser():
+    from .errors import OneLineArgumentParser
+    return OneLineArgumentParser(prog="python -m rrm_fast.info", description=__doc__.split("\n\n")[0].replace("\n", " "))
+
+
+def main(argv=None) -> int:
+    from .errors import run_cli
+
+    def run():
+        build_parser().parse_args(argv)
+        rows = report() + storage()
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            print(f"{label:<{width}}  {value}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

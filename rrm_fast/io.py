@@ -21,6 +21,8 @@ def atomic_replace(path):
     rename it over ``path`` and fsync the directory, so a crash leaves the old file or the new one.
     On any exception (Ctrl-C included) the temporary file is removed."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a directory, a device (/dev/full), a FIFO: never replaced
+        raise ValueError(f"{path} exists and is not a regular file; refusing to replace it - write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -55,6 +57,37 @@ def sha256_file(path) -> str:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def check_writable_place(path, what: str) -> None:
+    """Before any work is done: ``path`` (a file or folder still to be written) can be created
+    where it is - its nearest existing ancestor is a directory this process may write in.
+    ValueError naming ``what`` (the flag) otherwise."""
+    path = Path(path)
+    ancestor = path if path.is_dir() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{what} {path}: {ancestor} is not a directory, so nothing can be created under it; "
+                         "choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: no permission to write in {ancestor}; choose another path")
+
+
+def check_output_dir(path, what: str) -> None:
+    """Before any work: ``path`` is a directory, or one that can be created (see check_writable_place)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} exists and is not a directory; name a new or existing directory")
+    check_writable_place(path, what)
+
+
+def check_output_file(path, what: str) -> None:
+    """Before any work: ``path`` is a regular file, or one that can be created (see check_writable_place)."""
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{what} {path} exists and is not a regular file (a directory, a device); name a file")
+    check_writable_place(path, what)
 
 
 def fsync_dir(path) -> None:

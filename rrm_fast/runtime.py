@@ -37,12 +37,31 @@ def keep_freed_host_memory() -> str:
     return "host allocator: glibc keeps freed memory" if ok else "host allocator: unchanged (mallopt refused)"
 
 
+DEVICE_HINT = "use auto, cpu, cuda or cuda:N"
+
+
+def check_device_name(name: str | None) -> None:
+    """A device name torch understands (whether the machine has it is resolve_device's question)."""
+    if name in (None, "auto"):
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r} is not a device rrm_fast runs on; {DEVICE_HINT}")
+
+
 def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device_name(name)
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 

@@ -13,9 +13,11 @@ stage: torch.round has zero gradient everywhere, so gradient attacks see nothing
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import signal
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,23 @@ def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int
                 suffix = ".png" if i % 2 else ".jpg"
                 Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
     return root
+
+
+def write_fashion_mnist(folder: Path, n=200, labels=None, truncate_images=False) -> Path:
+    """A small Fashion-MNIST-format folder (four gzip IDX files) of seeded random images, for --data-dir."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, (img_name, lab_name) in {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                                        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}.items():
+        pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes()
+        if truncate_images and split == "train":
+            pixels = pixels[: len(pixels) // 2]
+        lab = np.asarray(labels if labels is not None else rng.integers(0, 10, n), dtype=np.uint8)
+        with gzip.open(folder / img_name, "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + pixels)
+        with gzip.open(folder / lab_name, "wb") as f:
+            f.write(struct.pack(">II", 2049, n) + lab.tobytes())
+    return folder
 
 
 class TinyCNN(nn.Module):

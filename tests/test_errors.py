@@ -1,14 +1,13 @@
 """Every user-fixable problem is one clear line on stderr, a non-zero exit, and nothing
 written or overwritten: bad data, class-count/feature-width mismatches, a diverging loss,
 invalid values, a directory holding another run."""
-import gzip
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from helpers import write_fashion_mnist
 
 from rrm_fast import resume as resume_mod
 from rrm_fast import train as train_mod
@@ -39,22 +38,6 @@ def one_line_error(capsys, rc, *needles):
         assert n in last, (n, last)
     assert not any("Traceback" in line for line in err), err
     return last
-
-
-def write_fashion_mnist(folder: Path, n=200, labels=None, truncate_images=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for split, (img_name, lab_name) in {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                                        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}.items():
-        pixels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8).tobytes()
-        if truncate_images and split == "train":
-            pixels = pixels[: len(pixels) // 2]
-        lab = np.asarray(labels if labels is not None else rng.integers(0, 10, n), dtype=np.uint8)
-        with gzip.open(folder / img_name, "wb") as f:
-            f.write(struct.pack(">IIII", 2051, n, 28, 28) + pixels)
-        with gzip.open(folder / lab_name, "wb") as f:
-            f.write(struct.pack(">II", 2049, n) + lab.tobytes())
-    return folder
 
 
 def test_labels_outside_the_class_range(tmp_path, capsys):
@@ -111,9 +94,9 @@ def test_a_diverging_loss_stops_with_the_step_and_the_last_finite_value(tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--method", "natural", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
-    (["--method", "natural", "--monitor-steps", "0"], "--monitor-steps and --eval-restarts must be >= 1"),
+    (["--method", "natural", "--monitor-steps", "0"], "--monitor-steps must be >= 1 (got 0)"),
     (["--method", "natural", "--lr", "nan"], "--lr: expected float, got nan"),
-    (["--method", "natural", "--lr", "-0.1"], "--lr must be a number >= 0"),
+    (["--method", "natural", "--lr", "-0.1"], "--lr must be >= 0 (got -0.1)"),
     (["--method", "natural", "--eps", "-0.5"], "--eps must be >= 0"),
     (["--method", "natural", "--epochs", "0"], "must be >= 1"),
     (["--method", "kd", "--teacher", "x.pt", "--teacher-arch", "resnet7"], "unknown --teacher-arch 'resnet7'"),

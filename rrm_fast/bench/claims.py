@@ -37,7 +37,6 @@ session resumes; reused runs are marked, with the load at the time they ran: har
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,11 +45,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import run_cli
-from ..io import atomic_write_json
+from ..errors import OneLineArgumentParser, run_cli
+from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
+from ..train.config import check_teacher_method
+from ..validation import whole_number
 from . import harness
 from .claims_report import label, plot, render_markdown
 
@@ -74,7 +75,7 @@ TIME_FRACTION = 0.2     # RRM student time <= 1/5 of PGD-AT's (issue 8 acceptanc
 
 # --------------------------------------------------------------------------- configuration
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m rrm_fast.bench claims", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="python -m rrm_fast.bench claims", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None, help="directory for claims.json/.md/.png (default: "
                                                  "benchmarks/results/claims_<device> for the full run, "
                                                  "runs/claims-quick/results with --quick)")
@@ -90,15 +91,15 @@ def build_parser():
     p.add_argument("--teacher", default="cnn_small")
     p.add_argument("--teacher-method", default="fast_at")
     for key in ("train_size", "monitor_size", "test_size", "epochs", "teacher_epochs"):
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+        p.add_argument("--" + key.replace("_", "-"), type=whole_number, default=None,
                        help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
     p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (PGD-AT and PGD-based peers)")
+    p.add_argument("--attack-steps", type=whole_number, default=7, help="training PGD steps (PGD-AT and PGD-based peers)")
     p.add_argument("--alpha", type=float, default=0.025, help="training PGD step (METHODS.md: 0.01-0.025 for eps 0.1)")
-    p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the final test-split evaluation")
-    p.add_argument("--monitor-steps", type=int, default=10, help="PGD steps of the held-out curve points")
+    p.add_argument("--eval-steps", type=whole_number, default=20, help="PGD steps of the final test-split evaluation")
+    p.add_argument("--monitor-steps", type=whole_number, default=10, help="PGD steps of the held-out curve points")
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole_number, default=0)
     p.add_argument("--target-fraction", type=float, default=TARGET_FRACTION)
     p.add_argument("--time-fraction", type=float, default=TIME_FRACTION)
     harness.add_run_arguments(p, clock_default="auto")
@@ -107,7 +108,7 @@ def build_parser():
 
 def method_configs(args) -> list[tuple[str, TrainConfig]]:
     size = harness.budget(args, FULL, QUICK)
-    harness.check_teacher_method(args.teacher_method)
+    check_teacher_method(args.teacher_method)
     common = dict(student=args.student, dataset=args.dataset, eps=args.eps, alpha=args.alpha,
                   attack_steps=args.attack_steps, eval_steps=args.eval_steps, eval_restarts=1,
                   monitor_steps=args.monitor_steps, lr=args.lr, seed=args.seed, teacher_method=args.teacher_method,
@@ -249,6 +250,7 @@ def _run_claims(args, argv, callbacks) -> dict:
     clock = harness.resolve_clock(args.clock, device_kind)
     # a quick run never overwrites the recorded results
     out = Path(args.out or ("runs/claims-quick/results" if args.quick else f"benchmarks/results/claims_{device_kind}"))
+    check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     # Methods with a teacher run first (the teacher is trained by the first of them): on a shared
     # machine whose load eases as the session goes on, that order favours the baselines, not RRM.
@@ -261,7 +263,7 @@ def _run_claims(args, argv, callbacks) -> dict:
     plot(res, out / "claims.png")
     md = render_markdown(res)
     atomic_write_json(out / "claims.json", res)
-    (out / "claims.md").write_text(md)
+    atomic_write_text(out / "claims.md", md)
     print(md)
     print(f"-> {out / 'claims.json'}, {out / 'claims.md'}, {out / 'claims.png'}")
     return res

@@ -16,7 +16,6 @@ comparison resumes where it stopped: harness.py).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -25,11 +24,13 @@ import time
 from pathlib import Path
 
 from ..attacks import default_step
-from ..errors import run_cli
-from ..io import atomic_write_json
+from ..errors import OneLineArgumentParser, run_cli
+from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
+from ..train.config import check_teacher_method
+from ..validation import whole_number
 from . import harness
 from .machine import describe_load
 
@@ -50,7 +51,7 @@ QUICK = dict(train_size=1000, test_size=200, monitor_size=100, epochs=1, teacher
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m rrm_fast.bench.compare", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="python -m rrm_fast.bench.compare", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="directory for the results files (JSON + Markdown)")
     p.add_argument("--runs-dir", default="runs/compare", help="where each method's run directory goes")
     p.add_argument("--quick", action="store_true", help=f"small smoke budget {QUICK} instead of {FULL}")
@@ -64,13 +65,13 @@ def build_parser():
                    help="applied to every method with a teacher (default random, as the papers train; teacher: the "
                         "student starts with a copy of the teacher's classifier, needs equal phi widths)")
     for key in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
-    p.add_argument("--attack-steps", type=int, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--monitor-steps", type=int, default=10, help="PGD steps of the per-epoch held-out check")
+        p.add_argument("--" + key.replace("_", "-"), type=whole_number, default=None, help=f"default {FULL[key]} ({QUICK[key]} with --quick)")
+    p.add_argument("--attack-steps", type=whole_number, default=7, help="training PGD steps (pgd_at, trades, rslad, ard)")
+    p.add_argument("--batch-size", type=whole_number, default=128)
+    p.add_argument("--monitor-steps", type=whole_number, default=10, help="PGD steps of the per-epoch held-out check")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--sigma", type=float, default=0.25, help="noise of the CRT chain's teacher and student")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole_number, default=0)
     p.add_argument("--tag", default=None, help="suffix of the results files' names, for a second table with other settings")
     harness.add_run_arguments(p, clock_default="wall")
     return p
@@ -79,7 +80,7 @@ def build_parser():
 def method_configs(args) -> list[tuple[str, TrainConfig]]:
     size = harness.budget(args, FULL, QUICK)
     names = harness.select_methods(args.methods, METHOD_ORDER + tuple(VARIANTS), VARIANTS)
-    harness.check_teacher_method(args.teacher_method)
+    check_teacher_method(args.teacher_method)
     common = dict(student=args.student, dataset=args.dataset, eps=args.eps, attack_steps=args.attack_steps,
                   batch_size=args.batch_size, monitor_steps=args.monitor_steps, seed=args.seed,
                   teacher_method=args.teacher_method, **size)
@@ -202,6 +203,7 @@ def main(argv=None, *, callbacks=()) -> int:
         args = build_parser().parse_args(argv)
         if args.tag is not None and not args.tag.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"--tag {args.tag!r}: use letters, digits, '_' and '-' only (it becomes part of a file name)")
+        check_output_dir(args.out, "--out")  # before hours of training, not after
         configs = method_configs(args)
         with harness.torch_threads(args.threads):
             result = compare(args, argv, configs, callbacks)
@@ -211,7 +213,7 @@ def main(argv=None, *, callbacks=()) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / f"{stem}.json", result)
-        (out / f"{stem}.md").write_text(render_markdown(result))
+        atomic_write_text(out / f"{stem}.md", render_markdown(result))
         print(render_markdown(result))
         print(f"-> {out / (stem + '.json')}, {out / (stem + '.md')}")
         return 0

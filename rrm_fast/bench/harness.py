@@ -22,6 +22,7 @@ import torch
 from ..io import atomic_write_json
 from ..methods import METHODS
 from ..train import TrainConfig, train_run
+from ..validation import whole_number
 from . import timing
 from .machine import LoadSampler, describe_machine, summary
 
@@ -31,7 +32,7 @@ CLOCK_CHOICES = ("auto", *timing.CLOCKS, "cpu")  # "cpu": the thread clock's ear
 
 def add_run_arguments(p: argparse.ArgumentParser, clock_default: str) -> None:
     """The flags every harness takes: threads, clock, progress bars."""
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=whole_number, default=None,
                    help="torch intra-op threads for every run (default: torch's). On a loaded shared CPU, 1 can be "
                         "much faster than 2: OpenMP's barrier waits for a descheduled thread")
     p.add_argument("--clock", choices=CLOCK_CHOICES, default=clock_default,
@@ -56,12 +57,6 @@ def select_methods(spec: str, every: tuple, variants=()) -> list[str]:
     if not names:
         raise ValueError("--methods is empty; name at least one method")
     return list(dict.fromkeys(names))
-
-
-def check_teacher_method(name: str) -> None:
-    if name not in METHODS or METHODS[name].needs_teacher:
-        raise ValueError(f"--teacher-method {name!r} must be a method that trains without a teacher, e.g. fast_at, "
-                         "pgd_at, natural, gaussian_aug")
 
 
 @contextlib.contextmanager

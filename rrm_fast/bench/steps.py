@@ -49,10 +49,13 @@ from pathlib import Path
 import torch
 
 from ..attacks import ce_per_sample
+from ..errors import OneLineArgumentParser
+from ..io import atomic_write_text, check_output_file
 from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..runtime import resolve_device
 from ..train import Trainer
+from ..validation import whole_number
 from .machine import LoadSampler, describe_load, describe_machine
 from .timing import CLOCKS, check_clock, interleaved_times, per_round_median
 
@@ -236,17 +239,17 @@ def render_markdown(res: dict, command: str) -> str:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m rrm_fast.bench steps", description=__doc__.split("\n")[0])
+    p = OneLineArgumentParser(prog="python -m rrm_fast.bench steps", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--reps", type=int, default=20, help="round-robin rounds (>= 20 for reported numbers)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--reps", type=whole_number, default=20, help="round-robin rounds (>= 20 for reported numbers)")
+    p.add_argument("--warmup", type=whole_number, default=3)
+    p.add_argument("--batch-size", type=whole_number, default=128)
     p.add_argument("--student", default="cnn_wide")
     p.add_argument("--teacher", default="cnn_small")
     p.add_argument("--pgd-steps", default="7", help="comma-separated k for PGD-k AT steps (default 7)")
     p.add_argument("--alpha", type=float, default=0.025, help="PGD step (default 0.025, METHODS.md)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=whole_number, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--clock", choices=CLOCKS, default="wall",
                    help="wall: synchronised wall time; thread: CPU time of the calling thread (CPU, --threads 1 only), "
                         "which other processes on a shared machine cannot inflate")
@@ -261,7 +264,12 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.threads:
             torch.set_num_threads(args.threads)
-        pgd = tuple(int(k) for k in args.pgd_steps.split(",") if k.strip())
+        if args.out:
+            check_output_file(args.out, "--out")
+        try:
+            pgd = tuple(int(k) for k in args.pgd_steps.split(",") if k.strip())
+        except ValueError:
+            pgd = ()
         if not pgd or min(pgd) < 1:
             raise ValueError(f"--pgd-steps needs positive integers (got {args.pgd_steps!r})")
         res = run_steps(args.device, reps=args.reps, warmup=args.warmup, clock=args.clock, batch_size=args.batch_size,
@@ -272,9 +280,8 @@ def main(argv=None) -> int:
         print(md)
         if args.out:
             out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(md)
-            out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), **res}, indent=1))
+            atomic_write_text(out, md)
+            atomic_write_text(out.with_suffix(".json"), json.dumps({"command": command.strip(), **res}, indent=1))
             print(f"-> {out}, {out.with_suffix('.json')}")
         return 0
 

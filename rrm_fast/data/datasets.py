@@ -1,9 +1,14 @@
 """`load_dataset`: one entry point from a dataset name to its data."""
 from __future__ import annotations
 
+import os
+
 from .arrays import ArrayDataset
+from .cifar import _SPECS as CIFAR_SPECS
 from .cifar import load_cifar
 from .errors import DatasetError
+from .fashion_mnist import DEFAULT_DIR as FASHION_MNIST_DIR
+from .fashion_mnist import FILES as FASHION_MNIST_FILES
 from .fashion_mnist import load_fashion_mnist
 from .imagefolder import FolderDataset, load_imagefolder, load_restricted_imagenet
 from .synthetic import load_synthetic
@@ -36,3 +41,19 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, *,
     if name == "synthetic":
         return load_synthetic(split)
     raise DatasetError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS + FOLDER_DATASETS)}")
+
+
+def dataset_locations() -> dict[str, str]:
+    """Where each dataset is looked for without --data-dir, and whether it is there (for python -m rrm_fast.info)."""
+    files = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    have = [f for f in files if os.path.isfile(os.path.join(FASHION_MNIST_DIR, f))]
+    fmnist = (f"{FASHION_MNIST_DIR}: present" if len(have) == len(files) else
+              f"{FASHION_MNIST_DIR}: missing {len(files) - len(have)} of its {len(files)} files "
+              "(apt-get install dataset-fashion-mnist, or pass --data-dir)")
+    out = {"fashion_mnist": fmnist}
+    for name, spec in CIFAR_SPECS.items():
+        out[name] = f"no default folder: pass --data-dir (the {spec['folder']}/ folder or its parent; {spec['url']})"
+    out["synthetic"] = "generated in memory (smoke tests only); no files"
+    out["imagefolder"] = "no default folder: pass --data-dir DIR holding train/<class>/ and val/<class>/ images"
+    out["restricted_imagenet"] = "no default folder: pass --data-dir with ImageNet's train/ and val/ class folders"
+    return out

@@ -1,7 +1,7 @@
 """The command line: ``python -m rrm_fast.eval CHECKPOINT [--suite quick|standard|certify]``."""
 from __future__ import annotations
 
-import argparse
+import logging
 import signal
 import sys
 from dataclasses import dataclass
@@ -9,14 +9,18 @@ from pathlib import Path
 
 import torch
 
-from ..attacks import canonical_norm
+from ..attacks import PGD, canonical_norm
+from ..errors import OneLineArgumentParser
+from ..validation import eps_mistake, whole_number
+from . import estimate
 from .batches import first_samples
 from .certify import evaluate_certified
 from .diagnostics import format_diagnostics, gradient_masking_checks
+from .outputs import check_result_path, is_progress, keep_earlier
 from .progress import ProgressFile
 from .report import format_certify_table, format_robust_table, write_results
 from .runner import AutocastModel, attack_view
-from .suites import evaluate_robustness, evaluate_standard
+from .suites import evaluate_robustness, evaluate_standard, standard_attacks
 
 SUITES = ("quick", "standard", "certify")
 RESULT_SUFFIX = {"quick": ".eval.json", "standard": ".eval-standard.json", "certify": ".eval-certify.json"}
@@ -24,7 +28,7 @@ DESCRIPTION = "Evaluation suites: robust accuracy you can trust, and certified a
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m rrm_fast.eval", description=DESCRIPTION)
+    p = OneLineArgumentParser(prog="python -m rrm_fast.eval", description=DESCRIPTION)
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by rrm_fast.train (with its .json sidecar)")
     p.add_argument("--suite", default="quick", choices=SUITES,
                    help="quick: PGD-k; standard: APGD-CE -> APGD-T -> Square (worst case); certify: randomized smoothing")
@@ -33,28 +37,31 @@ def build_parser():
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--eps", type=float, default=None, help="default: the checkpoint's training eps")
     p.add_argument("--norm", default=None, help="Linf or L2; default: the checkpoint's")
-    p.add_argument("--steps", type=int, default=None, help="PGD steps (quick, default 20) or APGD iterations (standard, default 100)")
-    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--steps", type=whole_number, default=None, help="PGD steps (quick, default 20) or APGD iterations (standard, default 100)")
+    p.add_argument("--restarts", type=whole_number, default=1)
     p.add_argument("--alpha", type=float, default=None, help="quick suite's PGD step; default 2.5*eps/steps")
-    p.add_argument("--n-targets", type=int, default=9, help="standard: APGD-T target classes (top-k other classes)")
-    p.add_argument("--n-queries", type=int, default=5000, help="standard: Square attack queries per sample")
-    p.add_argument("--batch-size", type=int, default=500, help="attack batch; certify: noise samples per forward")
-    p.add_argument("--test-size", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--n-targets", type=whole_number, default=9, help="standard: APGD-T target classes (top-k other classes)")
+    p.add_argument("--n-queries", type=whole_number, default=5000, help="standard: Square attack queries per sample")
+    p.add_argument("--batch-size", type=whole_number, default=500, help="attack batch; certify: noise samples per forward")
+    p.add_argument("--test-size", type=whole_number, default=None, help="evaluate the first N samples only")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole_number, default=0)
     p.add_argument("--attack-amp", action="store_true", help="run the attacks' forward/backward under autocast "
                    "(bf16/fp16); accuracy is still judged in fp32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial.json")
-    p.add_argument("--diag-size", type=int, default=500, help="samples for the gradient-masking checks (0 skips them)")
-    p.add_argument("--diag-steps", type=int, default=None,
+    p.add_argument("--diag-size", type=whole_number, default=500, help="samples for the gradient-masking checks (0 skips them)")
+    p.add_argument("--diag-steps", type=whole_number, default=None,
                    help="PGD steps k of the checks (k vs 2k, eps..4eps); default: --steps for quick, 20 for standard")
-    p.add_argument("--diag-queries", type=int, default=1000, help="quick suite: Square queries of the black-box check")
+    p.add_argument("--diag-queries", type=whole_number, default=1000, help="quick suite: Square queries of the black-box check")
     p.add_argument("--sigma", type=float, default=None, help="certify: Gaussian noise level (default: the checkpoint's)")
-    p.add_argument("--n0", type=int, default=100, help="certify: selection samples")
-    p.add_argument("--n", type=int, default=100_000, help="certify: estimation samples (CPU: e.g. --n 1000 --test-size 100)")
+    p.add_argument("--n0", type=whole_number, default=100, help="certify: selection samples")
+    p.add_argument("--n", type=whole_number, default=100_000, help="certify: estimation samples (CPU: e.g. --n 1000 --test-size 100)")
     p.add_argument("--cert-alpha", type=float, default=0.001, help="certify: failure probability")
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="certify: radii to report certified accuracy at")
-    p.add_argument("--out", default=None, help="JSON results file (default: next to the checkpoint)")
+    p.add_argument("--out", default=None, help="JSON results file (default: next to the checkpoint); an earlier result "
+                                               "there is kept under a dated name")
+    p.add_argument("--allow-long", action="store_true", help=f"run even when the time estimate printed at the start "
+                   f"exceeds {estimate.LONG_RUN_HOURS:g} h (without it such a run is refused)")
     return p
 
 
@@ -137,15 +144,69 @@ def _load_job(args) -> Job:
     # folder datasets are decoded at the resolution the model was built for
     extra = {"resolution": spec["image_size"]} if dataset in FOLDER_DATASETS and spec.get("image_size") else {}
     ds = load_dataset(dataset, args.split, args.data_dir or train_cfg.get("data_dir"), **extra)
+    if args.test_size and args.test_size > len(ds):
+        logging.getLogger("rrm_fast.eval").warning("--test-size %d is more than the %d images of %s/%s: evaluating "
+                                                   "all of them", args.test_size, len(ds), dataset, args.split)
     if args.test_size:
         ds = ds.subset(torch.arange(min(args.test_size, len(ds))))
     if ds.image_shape[0] != spec["in_channels"] or ds.num_classes != spec["num_classes"]:
         raise ValueError(
             f"checkpoint expects {spec['in_channels']}-channel inputs and {spec['num_classes']} classes but {dataset} has "
             f"{ds.image_shape[0]} and {ds.num_classes}; pass the --dataset it was trained on")
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(RESULT_SUFFIX[args.suite])
-    return Job(model, meta, ds, dataset, args.split, device, args.eps if args.eps is not None else train_cfg.get("eps", 0.1),
-              canonical_norm(args.norm or train_cfg.get("norm", "Linf")), out, out.with_name(out.stem + ".partial.json"))
+    out = result_path(args)
+    eps = args.eps if args.eps is not None else train_cfg.get("eps", 0.1)
+    norm = canonical_norm(args.norm or train_cfg.get("norm", "Linf"))
+    mistake = eps_mistake(eps, norm, ds.image_shape)
+    if mistake:
+        logging.getLogger("rrm_fast.eval").warning(mistake)
+    return Job(model, meta, ds, dataset, args.split, device, eps, norm, out, out.with_name(out.stem + ".partial.json"))
+
+
+def result_path(args) -> Path:
+    return Path(args.out) if args.out else Path(args.checkpoint).with_suffix(RESULT_SUFFIX[args.suite])
+
+
+def check_outputs(args) -> None:
+    """Before anything is loaded: the results file and its progress file may be written (rrm_fast.eval.outputs)."""
+    if Path(args.checkpoint).is_dir():
+        raise ValueError(f"checkpoint {args.checkpoint} is a directory; pass the .safetensors file a training run wrote "
+                         "(RUN_DIR/final.safetensors)")
+    out = result_path(args)
+    check_result_path(out, Path(args.checkpoint), "--out" if args.out else "the results file")
+    check_result_path(out.with_name(out.stem + ".partial.json"), Path(args.checkpoint), "its progress file",
+                      belongs=is_progress)
+
+
+def write_result(job: Job, res: dict) -> None:
+    """The results file; an earlier result there is first kept under a dated name (and we say where)."""
+    kept = keep_earlier(job.out)
+    write_results(job.out, res)
+    if kept is not None:
+        print(f"the earlier result is kept as {kept}")
+
+
+def _estimate(args, job: Job) -> None:
+    """Say how long the suite will take (rrm_fast.eval.estimate); refuse beyond the limit unless --allow-long."""
+    x, y = first_samples(job.ds, min(len(job.ds), estimate.PROBE_BATCH), job.device, args.batch_size)
+    n = len(job.ds)
+    if args.suite == "certify":
+        forward, _ = estimate.seconds_per_sample(job.model, x, y)
+        seconds = estimate.certify_seconds(n, args.n0, args.n, args.batch_size, forward)
+        lower = "--n, --n0 or --test-size"
+    else:
+        per_sample = estimate.seconds_per_sample(attack_view(job.model, job.device, args.attack_amp), x, y)
+        steps = args.steps or (20 if args.suite == "quick" else 100)
+        common = dict(eps=job.eps, norm=job.norm, steps=steps, restarts=args.restarts)
+        attacks = ([PGD(job.model, alpha=args.alpha, **common)] if args.suite == "quick" else
+                   [a for _, a in standard_attacks(job.model, job.ds.num_classes, n_targets=args.n_targets,
+                                                   n_queries=args.n_queries, generator=None, **common)])
+        seconds = estimate.attack_seconds(attacks, n, per_sample)
+        if args.diag_size and job.eps:
+            seconds += estimate.diagnostics_seconds(min(args.diag_size, n), args.diag_steps or (
+                steps if args.suite == "quick" else 20), args.diag_queries if args.suite == "quick" else 0, per_sample)
+        lower = "--steps, --restarts, --n-queries, --diag-size or --test-size"
+    estimate.check(seconds, f"--suite {args.suite} on {n} images", lower, allow_long=args.allow_long,
+                   upper_bound=args.suite != "certify")
 
 
 def _run_certify(args, job: Job, radii) -> int:
@@ -153,13 +214,14 @@ def _run_certify(args, job: Job, radii) -> int:
     if sigma is None:
         raise ValueError("--sigma is required for --suite certify: pass the noise level the model was trained "
                          "with, e.g. --sigma 0.25")
+    _estimate(args, job)
     settings = {**job.settings(args), "sigma": sigma, "n0": args.n0, "n_samples": args.n, "alpha": args.cert_alpha}
     pf = ProgressFile(job.partial_path, settings, args.resume)
     res = evaluate_certified(job.model, job.ds, sigma=sigma, n0=args.n0, n=args.n, alpha=args.cert_alpha,
                              batch_size=args.batch_size, radii=radii, device=job.device, seed=args.seed,
                              progress=sys.stderr.isatty(), progress_file=pf)
     res.update({"suite": "certify", "checkpoint": str(args.checkpoint), "dataset": job.dataset, "split": args.split})
-    write_results(job.out, res)
+    write_result(job, res)
     pf.remove()
     print(format_certify_table(res, job.where))
     print(f"-> {job.out}")
@@ -204,6 +266,7 @@ def _diagnose(args, job: Job, steps: int, robust_mask, blackbox) -> dict:
 
 
 def _run_robust(args, job: Job) -> int:
+    _estimate(args, job)
     steps = args.steps or (20 if args.suite == "quick" else 100)
     attack_precision = "fp32"
     if args.attack_amp:
@@ -214,7 +277,7 @@ def _run_robust(args, job: Job) -> int:
     robust_mask = res.pop("robust_mask")
     print(format_robust_table(res, job.where))
     res["diagnostics"] = _diagnose(args, job, steps, robust_mask, blackbox)
-    write_results(job.out, res)
+    write_result(job, res)
     pf.remove()
     print(f"-> {job.out}")
     return 0
@@ -227,6 +290,7 @@ def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
         radii = _validate(args)
+        check_outputs(args)
         job = _load_job(args)
         partial["path"] = job.partial_path
         return _run_certify(args, job, radii) if args.suite == "certify" else _run_robust(args, job)

@@ -24,8 +24,12 @@ from typing import Any, Callable
 import torch
 
 from ..attacks import PGD, default_step
+from ..validation import Range, check_value
 
 METHODS: dict[str, type["Method"]] = {}
+
+# the ranges options declare (Option.bounds), checked with their flags before any data is loaded
+NON_NEGATIVE, POSITIVE, FRACTION, AT_LEAST_ONE = Range(ge=0), Range(gt=0), Range(ge=0, le=1), Range(ge=1)
 
 
 def register(cls):
@@ -35,9 +39,17 @@ def register(cls):
 
 @dataclass
 class Option:
+    """A method's option: its default, help, type (float, int or str), and the values it may
+    take (``bounds``: a Range of numbers; ``choices``: the strings allowed), checked by ``check``."""
     default: Any
     help: str
     type: Callable = float
+    bounds: Range | None = None
+    choices: tuple | None = None
+
+    def check(self, where: str, value):
+        """``value`` as this option's type; ValueError naming ``where`` when it is not one (never str() of a container)."""
+        return self.type(check_value(where, value, self.type, bounds=self.bounds, choices=self.choices))
 
 
 @dataclass
@@ -84,7 +96,8 @@ class Method:
         self.teacher = teacher
         self.threat = threat or ThreatModel()
         for key, opt in self.options.items():
-            setattr(self, key, opt.type(opts.pop(key, opt.default)))
+            where = f"--method {self.name}: --{key.replace('_', '-')}"
+            setattr(self, key, opt.check(where, opts.pop(key, opt.default)))
         if opts:
             raise ValueError(f"--method {self.name} has no option(s) {sorted(opts)}; it takes {sorted(self.options)}")
 
@@ -96,6 +109,12 @@ class Method:
 
     def compile_conflict(self) -> str | None:
         """Why torch.compile cannot train this method with these options, or None."""
+        return self.compile_conflict_with({key: getattr(self, key) for key in self.options})
+
+    @classmethod
+    def compile_conflict_with(cls, options: dict) -> str | None:
+        """``compile_conflict`` from option values alone (every option given), so the trainer can ask
+        before it builds anything."""
         return None
 
     def attack(self, steps=None, **kw) -> PGD:

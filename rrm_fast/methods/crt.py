@@ -15,8 +15,8 @@ Noise is not clipped to [0, 1], following Cohen et al. (see gaussian_aug.py).
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, upcast
+from .base import FRACTION, NON_NEGATIVE, Method, Option, StepOutput, register
+from .distill import upcast
 from .gaussian_aug import SIGMA_HELP, gaussian_noise_like
 
 
@@ -27,14 +27,10 @@ class CRT(Method):
     needs_teacher = True
     teacher_outputs = frozenset({"logits"})
     options = {
-        "sigma": Option(0.25, SIGMA_HELP),
-        "crt_alpha": Option(1.0, "weight alpha of the logit-matching L2 distance; CE on the noisy input gets 1 - alpha"),
+        "sigma": Option(0.25, SIGMA_HELP, bounds=NON_NEGATIVE),
+        "crt_alpha": Option(1.0, "weight alpha of the logit-matching L2 distance; CE on the noisy input gets 1 - alpha",
+                            bounds=FRACTION),
     }
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        check_range(self.name, "sigma", self.sigma, 0.0)
-        check_range(self.name, "crt_alpha", self.crt_alpha, 0.0, 1.0)
 
     def loss(self, x, y):
         x_noisy = gaussian_noise_like(x, self.sigma)

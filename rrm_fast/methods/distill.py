@@ -13,7 +13,6 @@ classes: a constant rescaling of the learning rate, not a different objective.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
@@ -48,15 +47,6 @@ def distill_kl(student_logits, teacher_logits, temperature: float) -> torch.Tens
     """Hinton's temperature-scaled distillation term tau^2 * KL(T/tau || S/tau): the tau^2 keeps
     the gradient's size independent of tau."""
     return temperature * temperature * soft_kl(student_logits, teacher_logits, temperature)
-
-
-def check_range(method: str, option: str, value: float, lo: float, hi: float = math.inf, lo_open=False) -> None:
-    """One-line error naming the flag when an option is outside its meaningful range."""
-    bad = value <= lo if lo_open else value < lo
-    if bad or value > hi or value != value:
-        lo_txt = f"> {lo:g}" if lo_open else f">= {lo:g}"
-        rng = lo_txt if hi == math.inf else f"{lo_txt} and <= {hi:g}"
-        raise ValueError(f"--method {method}: --{option.replace('_', '-')} must be {rng} (got {value:g})")
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ with a cyclic learning rate, which ``--schedule auto`` picks.
 import torch.nn.functional as F
 
 from ..attacks import FGSM
-from .base import Method, Option, RobustDropStop, StepOutput, register
+from .base import POSITIVE, Method, Option, RobustDropStop, StepOutput, register
 
 
 @register
@@ -17,7 +17,7 @@ class FastAT(Method):
     name = "fast_at"
     paper = "Wong, Rice & Kolter, Fast is better than free (ICLR 2020)"
     adversarial = True
-    options = {"fgsm_alpha_ratio": Option(1.25, "FGSM step as a multiple of eps")}
+    options = {"fgsm_alpha_ratio": Option(1.25, "FGSM step as a multiple of eps", bounds=POSITIVE)}
     default_schedule = "cyclic"
     # stop and restore the best weights when held-out PGD accuracy falls this far below its best
     early_stop = RobustDropStop(0.2)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .base import Method, Option, StepOutput, register
+from .base import AT_LEAST_ONE, Method, Option, StepOutput, register
 
 
 @register
@@ -18,7 +18,7 @@ class FreeAT(Method):
     name = "free_at"
     paper = "Shafahi et al., Adversarial Training for Free! (NeurIPS 2019)"
     adversarial = True
-    options = {"replays": Option(8, "minibatch replays m", int)}
+    options = {"replays": Option(8, "minibatch replays m", int, bounds=AT_LEAST_ONE)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)

@@ -11,8 +11,7 @@ same sigma; its PGD accuracy is the base classifier's, not the smoothed model's.
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range
+from .base import NON_NEGATIVE, Method, Option, StepOutput, register
 
 SIGMA_HELP = "std sigma of the Gaussian input noise x + N(0, sigma^2), unclipped (gaussian_aug, crt)"
 
@@ -26,11 +25,7 @@ def gaussian_noise_like(x: torch.Tensor, sigma: float) -> torch.Tensor:
 class GaussianAug(Method):
     name = "gaussian_aug"
     paper = "Cohen, Rosenfeld & Kolter, Certified Adversarial Robustness via Randomized Smoothing (ICML 2019)"
-    options = {"sigma": Option(0.25, SIGMA_HELP)}
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        check_range(self.name, "sigma", self.sigma, 0.0)
+    options = {"sigma": Option(0.25, SIGMA_HELP, bounds=NON_NEGATIVE)}
 
     def loss(self, x, y):
         x_noisy = gaussian_noise_like(x, self.sigma)

@@ -7,8 +7,8 @@ step. Defaults tau = 30, alpha = 1 are the RRM paper's KD baseline (METHODS.md).
 """
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, distill_kl
+from .base import FRACTION, POSITIVE, Method, Option, StepOutput, register
+from .distill import distill_kl
 
 # shared by kd, ard and kdiga (one --kd-temp / --kd-alpha flag each, per-method defaults)
 KD_TEMP_HELP = "distillation temperature tau (kd, ard: 30; kdiga: 1)"
@@ -22,14 +22,9 @@ class KD(Method):
     needs_teacher = True
     teacher_outputs = frozenset({"logits"})
     options = {
-        "kd_temp": Option(30.0, KD_TEMP_HELP),
-        "kd_alpha": Option(1.0, KD_ALPHA_HELP),
+        "kd_temp": Option(30.0, KD_TEMP_HELP, bounds=POSITIVE),
+        "kd_alpha": Option(1.0, KD_ALPHA_HELP, bounds=FRACTION),
     }
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        check_range(self.name, "kd_temp", self.kd_temp, 0.0, lo_open=True)
-        check_range(self.name, "kd_alpha", self.kd_alpha, 0.0, 1.0)
 
     def loss(self, x, y):
         t_logits, _ = self.teacher_forward(x)

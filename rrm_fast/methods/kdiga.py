@@ -15,8 +15,8 @@ batched implementation. Defaults alpha = 0.5, tau = 1, gamma = 0.5 (METHODS.md).
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, distill_kl, upcast
+from .base import FRACTION, NON_NEGATIVE, POSITIVE, Method, Option, StepOutput, register
+from .distill import distill_kl, upcast
 from .kd import KD_ALPHA_HELP, KD_TEMP_HELP
 
 
@@ -33,16 +33,10 @@ class KDIGA(Method):
     # the teacher's input gradient needs a forward with a graph to x: computed here, not by teacher_forward
     teacher_outputs = frozenset({"logits", "input_grad"})
     options = {
-        "kd_temp": Option(1.0, KD_TEMP_HELP),
-        "kd_alpha": Option(0.5, KD_ALPHA_HELP),
-        "iga_gamma": Option(0.5, "gamma, weight of the input-gradient alignment term"),
+        "kd_temp": Option(1.0, KD_TEMP_HELP, bounds=POSITIVE),
+        "kd_alpha": Option(0.5, KD_ALPHA_HELP, bounds=FRACTION),
+        "iga_gamma": Option(0.5, "gamma, weight of the input-gradient alignment term", bounds=NON_NEGATIVE),
     }
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        check_range(self.name, "kd_temp", self.kd_temp, 0.0, lo_open=True)
-        check_range(self.name, "kd_alpha", self.kd_alpha, 0.0, 1.0)
-        check_range(self.name, "iga_gamma", self.iga_gamma, 0.0)
 
     def teacher_logits_and_input_grad(self, x, y):
         """The frozen teacher's logits on x and grad_x of its summed per-sample CE (no graph kept)."""
@@ -53,8 +47,9 @@ class KDIGA(Method):
             g_t, = torch.autograd.grad(ce_t, x_t)
         return t_logits.detach(), g_t
 
-    def compile_conflict(self):
-        if self.iga_gamma > 0:
+    @classmethod
+    def compile_conflict_with(cls, options):
+        if options["iga_gamma"] > 0:
             return ("--method kdiga backpropagates through an input gradient (double backward), which "
                     "torch.compile does not support; drop --compile (or pass --iga-gamma 0)")
         return None

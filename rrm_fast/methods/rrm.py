@@ -9,7 +9,7 @@ rrm_fast.ops.feature_matching_loss, the fused Triton kernel on CUDA), so the tra
 module users import. One teacher forward (no gradient) and one student forward/backward per step.
 """
 from ..losses import RRMLoss
-from .base import Method, Option, StepOutput, register
+from .base import NON_NEGATIVE, Method, Option, StepOutput, register
 
 
 @register
@@ -19,9 +19,10 @@ class RRM(Method):
     needs_teacher = True
     teacher_outputs = frozenset({"features"})
     options = {
-        "xent_weight": Option(0.005, "lambda_x, weight of the student's CE term"),
-        "feat_weight": Option(1.0, "lambda_f, weight of the feature-matching term"),
-        "feature_loss": Option("auto", "cosine | rel_l2 | normalized_l2 (auto: cosine for Linf, rel_l2 for L2)", str),
+        "xent_weight": Option(0.005, "lambda_x, weight of the student's CE term", bounds=NON_NEGATIVE),
+        "feat_weight": Option(1.0, "lambda_f, weight of the feature-matching term", bounds=NON_NEGATIVE),
+        "feature_loss": Option("auto", "auto: cosine for Linf, rel_l2 for L2", str,
+                               choices=("auto", "cosine", "rel_l2", "normalized_l2")),
     }
 
     def __init__(self, *a, **kw):

@@ -9,8 +9,8 @@ The robust teacher's soft labels replace the hard labels everywhere: there is no
 One teacher forward (logits, no gradient) per step; the two student forwards of the outer
 loss share one batch when the student has no BatchNorm.
 """
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, eval_mode, forward_pair, has_batchnorm, kl_attack, soft_kl
+from .base import FRACTION, NON_NEGATIVE, Method, Option, StepOutput, register
+from .distill import eval_mode, forward_pair, has_batchnorm, kl_attack, soft_kl
 
 
 @register
@@ -21,14 +21,14 @@ class RSLAD(Method):
     teacher_outputs = frozenset({"logits"})
     adversarial = True
     options = {
-        "rslad_adv_weight": Option(5 / 6, "weight of KL(T(x) || S(x')); the clean KL(T(x) || S(x)) gets 1 - it"),
-        "attack_start_std": Option(0.001, "std of the Gaussian start x + std*N(0,1) of the inner maximisation (rslad, trades)"),
+        "rslad_adv_weight": Option(5 / 6, "weight of KL(T(x) || S(x')); the clean KL(T(x) || S(x)) gets 1 - it",
+                                   bounds=FRACTION),
+        "attack_start_std": Option(0.001, "std of the Gaussian start x + std*N(0,1) of the inner maximisation (rslad, trades)",
+                                   bounds=NON_NEGATIVE),
     }
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        check_range(self.name, "rslad_adv_weight", self.rslad_adv_weight, 0.0, 1.0)
-        check_range(self.name, "attack_start_std", self.attack_start_std, 0.0)
         self.joint_forward = not has_batchnorm(self.student)
 
     def perturb(self, x, teacher_logits):

@@ -12,8 +12,8 @@ BatchNorm.
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Option, StepOutput, register
-from .distill import check_range, eval_mode, forward_pair, has_batchnorm, kl_attack, soft_kl
+from .base import NON_NEGATIVE, Method, Option, StepOutput, register
+from .distill import eval_mode, forward_pair, has_batchnorm, kl_attack, soft_kl
 
 
 @register
@@ -22,14 +22,13 @@ class TRADES(Method):
     paper = "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy (ICML 2019)"
     adversarial = True
     options = {
-        "trades_beta": Option(6.0, "beta, weight of the robustness KL(f(x) || f(x'))"),
-        "attack_start_std": Option(0.001, "std of the Gaussian start x + std*N(0,1) of the inner maximisation (rslad, trades)"),
+        "trades_beta": Option(6.0, "beta, weight of the robustness KL(f(x) || f(x'))", bounds=NON_NEGATIVE),
+        "attack_start_std": Option(0.001, "std of the Gaussian start x + std*N(0,1) of the inner maximisation (rslad, trades)",
+                                   bounds=NON_NEGATIVE),
     }
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        check_range(self.name, "trades_beta", self.trades_beta, 0.0)
-        check_range(self.name, "attack_start_std", self.attack_start_std, 0.0)
         self.joint_forward = not has_batchnorm(self.student)
 
     def perturb(self, x):

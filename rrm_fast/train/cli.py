@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import distributed as dist_util
-from ..errors import run_cli
+from ..errors import UsageError, console_logging, did_you_mean, run_cli
 from ..io import atomic_write_json
 from .config import (TrainConfig, add_config_flags, config_for_resume, config_from_values, merge, parse_error_line,
                      read_config_file, resume_flags, values_from_flags)
@@ -71,10 +71,17 @@ def parse(argv) -> Request:
     try:
         given = parser.parse_args(argv, defaults=False).as_dict()  # only what was typed
     except ArgumentError as err:
-        raise ValueError(parse_error_line(err)) from None
+        line = parse_error_line(err)
+        if line.startswith("unrecognized arguments:"):
+            flags = [w for w in line.split(":", 1)[1].split() if w.startswith("-")]
+            line += did_you_mean(flags[0], parser._option_string_actions) if flags else ""
+        raise UsageError(f"{line}; see {parser.prog} --help") from None
     config_file, resume_dir = given.pop("config", None), given.pop("resume", None)
     progress = not given.pop("no_progress", False)
     if resume_dir:
+        if config_file:
+            raise ValueError(f"--resume {resume_dir} continues that run with its own config.json; drop --config "
+                             f"{config_file}, or start a new run from it with another --out")
         return Request(config_for_resume(resume_dir, given), progress, resume=True)
     flags = values_from_flags(given)
     if config_file:
@@ -84,7 +91,11 @@ def parse(argv) -> Request:
     demo = {**DEMO_STUDENT, "teacher": DEMO_TEACHER["student"], "teacher_method": DEMO_TEACHER["method"],
             "teacher_epochs": DEMO_TEACHER["epochs"]}
     cfg = config_from_values(merge(demo, flags))
-    cfg.out = str(Path(cfg.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}") / "student")
+    base_out = Path(cfg.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (base_out / "demo.json").exists():
+        raise ValueError(f"--out {base_out} already holds demo.json from an earlier demo, which this one would replace; "
+                         "choose another --out")
+    cfg.out = str(base_out / "student")
     return Request(cfg, progress, demo=True)
 
 
@@ -108,7 +119,7 @@ def run_demo(cfg: TrainConfig, progress: bool) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)  # errors alone go to stderr
+    console_logging(info=True)  # progress on stdout; warnings and errors alone go to stderr
 
     def run():
         request = parse(sys.argv[1:] if argv is None else list(argv))

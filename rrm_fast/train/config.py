@@ -17,8 +17,6 @@ annotations, including ``float | None`` and ``Literal`` choices; the config file
 the same rules as the flags; errors as exceptions, reported here in one line).
 """
 import dataclasses
-import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +25,22 @@ from typing import Literal
 from ..data import DATASETS, FOLDER_DATASETS, LOADER_KINDS
 from ..methods import METHODS
 from ..models import ARCHS
+from ..runtime import check_device_name
+from ..validation import Range, check_value, describe, read_mapping
 
 SCHEDULES = ("auto", "cosine", "cyclic", "constant")
+COUNT, NON_NEGATIVE = Range(ge=1), Range(ge=0)  # sizes and intervals; weights, rates, radii
+REPEATS = Range(ge=1, le=100_000)  # epochs, steps, restarts: beyond this a typo, not a plan
 
 
 def _field(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, flag: bool = True,
-           may_change_on_resume: bool = False, choices=None):
+           may_change_on_resume: bool = False, choices=None, bounds: Range | None = None):
     """A TrainConfig field with what its flag needs: help text, whether it is a flag, whether
-    a resumed run may change it, and registry-backed choices (a callable, read when the parser
-    is built, so methods registered later are listed)."""
+    a resumed run may change it, registry-backed choices (a callable, read when the parser
+    is built, so methods registered later are listed) and the range of its values."""
     return field(default=default, default_factory=default_factory,
-                 metadata={"help": help, "flag": flag, "may_change_on_resume": may_change_on_resume, "choices": choices})
+                 metadata={"help": help, "flag": flag, "may_change_on_resume": may_change_on_resume, "choices": choices,
+                           "bounds": bounds})
 
 
 @dataclass
@@ -49,41 +52,44 @@ class TrainConfig:
     teacher_arch: str | None = _field(None, "architecture of a teacher file from elsewhere (RobustBench, timm, "
                                             "torchvision state dicts); weights are mapped onto it")
     teacher_method: str = _field("fast_at", "method that trains an architecture-named teacher")
-    teacher_epochs: int = _field(4, "epochs of an architecture-named teacher")
+    teacher_epochs: int = _field(4, "epochs of an architecture-named teacher", bounds=REPEATS)
     head_init: Literal["random", "teacher"] = _field("random", "teacher: start the student's classifier as a copy "
                                                                "of the teacher's")
     dataset: Literal[DATASETS + FOLDER_DATASETS] = _field("fashion_mnist", "imagefolder: any DIR/train/<class>/*.jpg "
                                                                            "tree; restricted_imagenet: ImageNet's 9 "
                                                                            "super-classes (pass --data-dir)")
     data_dir: str | None = _field(None, "the dataset's folder")
-    resolution: int | None = _field(None, "side of the square images of a folder dataset (224 when not given)")
-    epochs: int = _field(2, "training epochs")
-    batch_size: int = _field(128, "the GLOBAL batch: under torchrun each of N processes takes batch-size / N")
-    lr: float = _field(0.05, "SGD learning rate (peak of the schedule)")
-    momentum: float = _field(0.9, "SGD momentum")
-    weight_decay: float = _field(5e-4, "SGD weight decay")
+    resolution: int | None = _field(None, "side of the square images of a folder dataset (224 when not given)",
+                                   bounds=Range(ge=1, le=8192))
+    epochs: int = _field(2, "training epochs", bounds=REPEATS)
+    batch_size: int = _field(128, "the GLOBAL batch: under torchrun each of N processes takes batch-size / N",
+                             bounds=COUNT)
+    lr: float = _field(0.05, "SGD learning rate (peak of the schedule)", bounds=NON_NEGATIVE)
+    momentum: float = _field(0.9, "SGD momentum", bounds=Range(ge=0, le=1))
+    weight_decay: float = _field(5e-4, "SGD weight decay", bounds=NON_NEGATIVE)
     schedule: Literal[SCHEDULES] = _field("auto", "learning-rate schedule; auto: the method's own (cyclic for "
                                                   "fast_at, else cosine)")
-    eps: float = _field(0.1, "attack radius in pixel units")
+    eps: float = _field(0.1, "attack radius in pixel units (images are in [0, 1])", bounds=NON_NEGATIVE)
     norm: Literal["Linf", "L2"] = _field("Linf", "threat model")
-    alpha: float | None = _field(None, "training PGD step (2.5*eps/steps when not given)")
-    attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)")
-    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split")
-    eval_restarts: int = _field(1, "random restarts of the final evaluation")
-    monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check")
-    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check")
+    alpha: float | None = _field(None, "training PGD step (2.5*eps/steps when not given)", bounds=NON_NEGATIVE)
+    attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)", bounds=REPEATS)
+    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split", bounds=REPEATS)
+    eval_restarts: int = _field(1, "random restarts of the final evaluation", bounds=REPEATS)
+    monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check", bounds=COUNT)
+    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check", bounds=REPEATS)
     amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on a CPU with native bf16 instructions")
     channels_last: bool = _field(True, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the student")
     device: str = _field("auto", "auto, cpu, cuda or cuda:N", may_change_on_resume=True)
-    seed: int = _field(0, "seed of the model, the data order and the attacks")
+    seed: int = _field(0, "seed of the model, the data order and the attacks", bounds=Range(ge=0, lt=2**63))
     out: str | None = _field(None, "run directory (runs/<time>-<method>-<arch> when not given)", may_change_on_resume=True)
-    train_size: int | None = _field(None, "train on the first N training samples (quick runs)")
-    test_size: int | None = _field(None, "evaluate on the first N test samples (quick runs)")
+    train_size: int | None = _field(None, "train on the first N training samples (quick runs)", bounds=COUNT)
+    test_size: int | None = _field(None, "evaluate on the first N test samples (quick runs)", bounds=COUNT)
     loader: Literal[LOADER_KINDS] = _field("auto", "batch loader", may_change_on_resume=True)
     checkpoint_every: int = _field(200, "save a training state every N minibatches, besides each epoch end",
-                                   may_change_on_resume=True)
-    log_every: int = _field(50, "TensorBoard per-step scalars every N minibatches", may_change_on_resume=True)
+                                   may_change_on_resume=True, bounds=COUNT)
+    log_every: int = _field(50, "TensorBoard per-step scalars every N minibatches", may_change_on_resume=True,
+                            bounds=COUNT)
     method_options: dict = _field(default_factory=dict, flag=False)
 
 
@@ -111,38 +117,45 @@ def method_option_specs() -> dict:
 
 # --------------------------------------------------------------------------- validation
 def validate_config(cfg: TrainConfig) -> None:
-    """The values a run cannot start with, each as one line naming the flag."""
+    """The one check of a configuration's values, whatever they came from (flags, a --config
+    file, a resumed run's config.json, a library call): every field against its annotated type
+    and declared range, the method's options against theirs, then the settings that belong
+    together. ValueError, one line naming the flag, the value and what it must be."""
+    for name, f in FIELDS.items():
+        if name != "method_options":
+            check_value(flag_name(name), getattr(cfg, name), f.type, bounds=f.metadata["bounds"])
     if cfg.method not in METHODS:
         raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {', '.join(sorted(METHODS))}")
     for key in ("student", "teacher_arch"):
         value = getattr(cfg, key)
         if value is not None and value not in ARCHS:
-            raise ValueError(f"unknown {flag_name(key)} {value!r}; choose one of: {', '.join(ARCHS)}")
-    if cfg.dataset not in DATASETS + FOLDER_DATASETS:
-        raise ValueError(f"unknown --dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS + FOLDER_DATASETS)}")
-    if not (cfg.eps >= 0 and math.isfinite(cfg.eps)):
-        raise ValueError(f"--eps must be >= 0 (got {cfg.eps}); epsilon is in pixel units")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.attack_steps < 1 or cfg.eval_steps < 1:
-        raise ValueError("--epochs, --batch-size, --attack-steps and --eval-steps must be >= 1")
-    if cfg.monitor_steps < 1 or cfg.eval_restarts < 1:
-        raise ValueError(f"--monitor-steps and --eval-restarts must be >= 1 (got {cfg.monitor_steps}, {cfg.eval_restarts})")
-    if cfg.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be >= 1 minibatch (got {cfg.checkpoint_every}); "
-                         "a state is also saved at each epoch end")
-    if cfg.log_every < 1:
-        raise ValueError(f"--log-every must be >= 1 minibatch (got {cfg.log_every})")
-    if not (cfg.lr >= 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"--lr must be a number >= 0 (got {cfg.lr})")
-    if cfg.alpha is not None and not cfg.alpha >= 0:
-        raise ValueError(f"--alpha must be >= 0 (got {cfg.alpha}); leave it out for 2.5*eps/steps")
-    for key in ("train_size", "test_size"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise ValueError(f"{flag_name(key)} must be >= 1 (got {value})")
+            raise ValueError(f"unknown {flag_name(key)} {describe(value)}; choose one of: {', '.join(ARCHS)}")
+    if cfg.teacher in ARCHS:
+        check_teacher_method(cfg.teacher_method)
+    check_device_name(cfg.device)
+    check_method_options(cfg)
     if cfg.teacher_arch is not None and cfg.teacher in ARCHS:
         raise ValueError(f"--teacher-arch names the architecture of a teacher FILE; --teacher {cfg.teacher} already "
                          "names an architecture to train (drop one of them)")
     METHODS[cfg.method].check_teacher(cfg.teacher is not None)  # before any data is loaded
+
+
+def check_teacher_method(name: str) -> None:
+    """--teacher-method: a method that trains without a teacher (it trains the teacher)."""
+    if name not in METHODS or METHODS[name].needs_teacher:
+        raise ValueError(f"--teacher-method {describe(name)} must be a method that trains without a teacher, e.g. "
+                         "fast_at, pgd_at, natural, gaussian_aug")
+
+
+def check_method_options(cfg: TrainConfig) -> None:
+    """method_options: a mapping of the method's own options, each of its declared type and range."""
+    options = check_value("method_options", cfg.method_options, dict)
+    known = METHODS[cfg.method].options
+    extra = sorted(str(k)[:60] for k in options if k not in known)
+    if extra:
+        raise ValueError(f"--method {cfg.method} takes no option(s) {extra[:5]}; it takes {sorted(known) or 'none'}")
+    for key, value in options.items():
+        known[key].check(f"--method {cfg.method}: {flag_name(key)}", value)
 
 
 # --------------------------------------------------------------------------- flags
@@ -162,7 +175,8 @@ def add_config_flags(parser) -> None:
             parser.add_argument(flag_name(name), type=f.type, default=f.default, help=help_text)
     # parsed with defaults=False, so a default below only documents the declaring method's value
     for key, (owner, opt) in method_option_specs().items():
-        parser.add_argument(flag_name(key), type=opt.type, default=opt.default, help=f"[{owner}] {opt.help}")
+        choices = {"choices": opt.choices} if opt.choices else {}
+        parser.add_argument(flag_name(key), type=opt.type, default=opt.default, help=f"[{owner}] {opt.help}", **choices)
 
 
 def parse_error_line(err: Exception) -> str:
@@ -195,27 +209,24 @@ def values_from_flags(given: dict) -> dict:
 
 
 def read_config_file(path, parser) -> dict:
-    """TrainConfig values from a YAML/JSON file with the flags' keys, checked by the flags' parser."""
+    """TrainConfig values from a YAML/JSON file with the flags' keys, checked by the flags' parser.
+    The file is read within validation.read_mapping's bounds, and every value must be a single
+    value (method_options: a mapping of them) before the parser sees it, so a list or an
+    expanded YAML alias never reaches a string conversion."""
     from jsonargparse import ArgumentError
 
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"--config {path} not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"--config {path} must hold a mapping of flag names to values")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in read_mapping(path, "--config").items()}
     nested = data.pop("method_options", None) or {}  # as a run's config.json holds them
     if not isinstance(nested, dict):
-        raise ValueError(f"--config {path}: method_options must be a mapping of option names to values")
+        raise ValueError(f"--config {path}: method_options must be a mapping of option names to values, "
+                         f"not {describe(nested)}")
     unknown = (set(data) - set(FIELDS) - set(method_option_specs())) | (set(nested) - set(method_option_specs()))
     if unknown:
-        raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}")
+        raise ValueError(f"--config {path}: unknown keys {sorted(str(k)[:60] for k in unknown)[:5]}; the keys are the "
+                         "flags' names (see --help)")
+    for key, value in [*data.items(), *nested.items()]:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"--config {path}: {key}: expected a single value, got {describe(value)}")
     try:  # options are checked like their flags; a top-level key wins over method_options
         checked = parser.parse_object({**nested, **data}, defaults=False).as_dict()
     except ArgumentError as err:
@@ -236,10 +247,8 @@ def merge(*layers: dict) -> dict:
 def config_from_values(values: dict) -> TrainConfig:
     """A TrainConfig keeping only the options its method takes (shared flags belong to several methods)."""
     cfg = TrainConfig(**values)
-    known = METHODS[cfg.method].options if cfg.method in METHODS else {}
-    extra = set(cfg.method_options) - set(known)
-    if extra:
-        raise ValueError(f"--method {cfg.method} takes no option(s) {sorted(extra)}; it takes {sorted(known) or 'none'}")
+    if cfg.method in METHODS:
+        check_method_options(cfg)
     return cfg
 
 
@@ -260,14 +269,18 @@ def config_for_resume(run_dir, given: dict) -> TrainConfig:
     if extra:
         raise ValueError(f"--resume continues {run_dir} with its saved settings; drop {flag_name(extra[0])} (only "
                          f"{', '.join(resume_flags())} and --no-progress may be given), or start a new run with another --out")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--resume {run_dir}: config.json is not valid JSON ({e.msg}); the run cannot be resumed") from None
+    values = read_mapping(path, f"--resume {run_dir}:")
     unknown = set(values) - set(FIELDS)
     if unknown:
-        raise ValueError(f"--resume {run_dir}: config.json has keys this version does not know {sorted(unknown)}")
-    return TrainConfig(**{**values, **given, "out": str(run_dir)})
+        raise ValueError(f"--resume {run_dir}: config.json has keys this version does not know "
+                         f"{sorted(str(k)[:60] for k in unknown)[:5]}")
+    cfg = TrainConfig(**{**values, **given, "out": str(run_dir)})
+    try:
+        validate_config(cfg)
+    except ValueError as e:
+        raise ValueError(f"--resume {run_dir}: config.json: {e}; the file was edited or is damaged - restore it, "
+                         "or start a new run with another --out") from None
+    return cfg
 
 
 def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:

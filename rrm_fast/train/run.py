@@ -3,8 +3,10 @@
     report = train_run(TrainConfig(method="pgd_at", epochs=3), progress=False)
     report = train_run(cfg, clock=time.thread_time, callbacks=[MyCallback()])
 
-In the order data flows: the run directory (state.open_run: nothing is built for a run that
-cannot start), the teacher's own run when an architecture-named teacher is not cached yet
+In the order data flows: the configuration's check (config.validate_config), the run
+directory (state.open_run: nothing is built for a run that cannot start), the train split
+and the start-up checks that need it or the models (preflight.py; nothing is written before
+they pass), the teacher's own run when an architecture-named teacher is not cached yet
 (teacher.py; it finishes before this run builds anything), seeding, the data (the train
 split minus a held-out slice; the test split only at the end), the models and the method,
 the optimizer, schedule and precision, the callbacks and the restored training state; then
@@ -40,6 +42,7 @@ from .callbacks import (EarlyStopOnRobustDrop, EpochSummary, FiniteWatch, Metric
                         StopSignals, TensorBoardWriter, TrainingInterrupted)
 from .config import TrainConfig, validate_config
 from .loop import Trainer
+from .preflight import preflight
 from .state import RunDir, TrainingState, open_run
 
 log = logging.getLogger("rrm_fast.train")
@@ -63,19 +66,16 @@ def train_run(cfg: TrainConfig, *, progress: bool = True, exist_ok: bool = False
     run = open_run(cfg, ctx, resume=resume, exist_ok=exist_ok)
     if run.report is not None:
         return run.report
+    full_train = load_dataset(cfg.dataset, "train", cfg.data_dir, resolution=cfg.resolution)
+    preflight(cfg, full_train, speak=ctx.is_main)  # nothing is written before these checks pass
     clock = clock or time.perf_counter
-    train_teacher(cfg, ctx, device, progress=progress, clock=clock)
-    return _train(cfg, run, ctx, device, resume=resume, progress=progress, clock=clock, callbacks=callbacks)
+    train_teacher(cfg, ctx, device, full_train, progress=progress, clock=clock)
+    return _train(cfg, run, ctx, device, full_train, resume=resume, progress=progress, clock=clock, callbacks=callbacks)
 
 
-def uses_teacher(cfg: TrainConfig) -> bool:
-    """A method without a teacher never pays for loading or training one (unless its head is copied from it)."""
-    return cfg.teacher is not None and (METHODS[cfg.method].needs_teacher or cfg.head_init == "teacher")
-
-
-def train_teacher(cfg: TrainConfig, ctx, device, *, progress: bool, clock) -> None:
+def train_teacher(cfg: TrainConfig, ctx, device, full_train, *, progress: bool, clock) -> None:
     """Train an architecture-named teacher into its cache folder unless it is there (its own run)."""
-    tcfg = teachers.teacher_run_config(cfg) if uses_teacher(cfg) else None
+    tcfg = teachers.teacher_run_config(cfg) if teachers.uses_teacher(cfg) else None
     if tcfg is None:
         return
     dist_util.barrier(ctx)  # every rank looks before rank 0 may write it
@@ -87,7 +87,7 @@ def train_teacher(cfg: TrainConfig, ctx, device, *, progress: bool, clock) -> No
     try:
         run = open_run(tcfg, ctx, resume=True, exist_ok=True)
         if run.report is None:
-            _train(tcfg, run, ctx, device, resume=True, progress=progress, clock=clock, callbacks=())
+            _train(tcfg, run, ctx, device, full_train, resume=True, progress=progress, clock=clock, callbacks=())
     except TrainingInterrupted as e:
         raise TrainingInterrupted(e.signum, f"{e.message.split(';')[0]} while training the teacher; its state is saved "
                                             "in the cache and running the same command again continues it") from None
@@ -106,9 +106,8 @@ class Data:
     loader: object
 
 
-def load_data(cfg: TrainConfig, ctx, device) -> Data:
+def load_data(cfg: TrainConfig, ctx, device, full_train) -> Data:
     """The train split minus a seeded held-out slice (for the per-epoch check), and its loader."""
-    full_train = load_dataset(cfg.dataset, "train", cfg.data_dir, resolution=cfg.resolution)
     if cfg.train_size:
         full_train = full_train.subset(torch.arange(min(cfg.train_size + cfg.monitor_size, len(full_train))))
     train_ds, monitor_ds = split_holdout(full_train, cfg.monitor_size, seed=cfg.seed)
@@ -130,7 +129,7 @@ def build_models(cfg: TrainConfig, ctx, device, train_ds) -> Models:
     """Teacher (loaded without moving the student's random streams), student, method."""
     method_cls = METHODS[cfg.method]
     teacher = teacher_meta = None
-    if uses_teacher(cfg):
+    if teachers.uses_teacher(cfg):
         with preserved_rng(device):
             teacher, teacher_meta = teachers.load_teacher(cfg, train_ds, device)
     elif cfg.teacher is not None:
@@ -225,9 +224,10 @@ class RobustnessCheck:
 
 
 # --------------------------------------------------------------------------- one run
-def _train(cfg: TrainConfig, run: RunDir, ctx, device, *, resume: bool, progress: bool, clock, callbacks) -> dict:
+def _train(cfg: TrainConfig, run: RunDir, ctx, device, full_train, *, resume: bool, progress: bool, clock,
+           callbacks) -> dict:
     seed_everything(cfg.seed)
-    data = load_data(cfg, ctx, device)
+    data = load_data(cfg, ctx, device, full_train)
     models = build_models(cfg, ctx, device, data.train)
     student, method = models.student, models.method
     epochs = method.epochs_for(cfg.epochs)
@@ -291,6 +291,9 @@ def final_report(cfg: TrainConfig, run: RunDir, trainer, check: RobustnessCheck,
     if ctx.is_main:
         final = save_model(final, student, {**meta_base, "epochs_run": p.epochs_done})
     test_ds = load_dataset(cfg.dataset, "test", cfg.data_dir, resolution=cfg.resolution)
+    if cfg.test_size and cfg.test_size > len(test_ds) and ctx.is_main:
+        log.warning("--test-size %d is more than %s's %d test images: evaluating on all of them", cfg.test_size,
+                    cfg.dataset, len(test_ds))
     if cfg.test_size:
         test_ds = test_ds.subset(torch.arange(min(cfg.test_size, len(test_ds))))
     dist_util.broadcast_buffers_(ctx, student)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed as dist_util
+from ..io import check_output_dir
 from ..resume import capture_rng, join_tensors, load_latest_state, restore_rng, save_state, split_tensors
 from .config import TrainConfig, changed_settings
 from .loop import Progress
@@ -46,11 +47,9 @@ def open_run(cfg: TrainConfig, ctx, *, resume: bool, exist_ok: bool) -> RunDir:
     """Check the output directory and find the state to continue, before any data is loaded."""
     out = Path(dist_util.broadcast_from_main(
         ctx, cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}-{cfg.student}"))
+    check_out(out, resume=resume, exist_ok=exist_ok)
     if resume:
         check_resume_config(out, cfg)
-    elif (out / "config.json").exists() and not exist_ok:
-        raise ValueError(f"output directory {out} already holds a run (config.json); choose another --out, delete it, "
-                         f"or continue it with --resume {out}")
     loaded = load_latest_state(out, log.warning) if resume else None
     dist_util.barrier(ctx)  # every rank has looked at OUT before rank 0 writes to it
     run = RunDir(out, loaded)
@@ -64,6 +63,26 @@ def open_run(cfg: TrainConfig, ctx, *, resume: bool, exist_ok: bool) -> RunDir:
                 log.info("%s: the run is already complete; its report is %s", out, out / "report.json")
             run.report = json.loads((out / "report.json").read_text())
     return run
+
+
+# every name a run writes in its directory (callbacks.py, run.py, resume.py); TensorBoard adds events.out.tfevents.*
+RUN_FILES = ("config.json", "metrics.jsonl", "report.json", "final.safetensors", "final.json", "last.safetensors",
+             "last.json", "state")
+
+
+def check_out(out: Path, *, resume: bool, exist_ok: bool) -> None:
+    """--out is a directory this run may create or write in, and - unless the run continues
+    there (--resume) or the caller owns it (exist_ok) - holds no file the run would write."""
+    check_output_dir(out, "--out")
+    if resume or exist_ok or not out.is_dir():
+        return
+    if (out / "config.json").exists():
+        raise ValueError(f"output directory {out} already holds a run (config.json); choose another --out, delete it, "
+                         f"or continue it with --resume {out}")
+    found = [name for name in RUN_FILES if (out / name).exists()] + sorted(p.name for p in out.glob("events.out.tfevents.*"))
+    if found:
+        raise ValueError(f"output directory {out} already holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''}, "
+                         "which this run would overwrite; choose another --out or move them away")
 
 
 def check_resume_config(out: Path, cfg: TrainConfig) -> None:

@@ -41,6 +41,11 @@ def config_hash(cfg: TrainConfig, keys=TEACHER_KEYS) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def uses_teacher(cfg: TrainConfig) -> bool:
+    """A method without a teacher never pays for loading or training one (unless its head is copied from it)."""
+    return cfg.teacher is not None and (METHODS[cfg.method].needs_teacher or cfg.head_init == "teacher")
+
+
 def teacher_run_config(cfg: TrainConfig) -> TrainConfig | None:
     """The run that trains an architecture-named teacher (its ``out`` is its cache folder), or None."""
     if cfg.teacher not in ARCHS:
