@@ -88,3 +88,69 @@ def trained_cnn(noise_sigma: float = 0.0, steps: int = 400) -> TinyCNN:
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cache)
     return model.eval()
+
+
+class Tempered(nn.Module):
+    """Logits divided by a temperature: the same argmax, so exactly as robust, but a softer
+    softmax -- the RRM student's symptom (small logits), made on purpose."""
+
+    def __init__(self, model, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x):
+        return self.model(x) / self.temperature
+
+
+def adversarially_trained_cnn(eps: float = 0.1, steps: int = 600, attack_steps: int = 3) -> TinyCNN:
+    """A TinyCNN trained with PGD-AT (PGD-``attack_steps`` CE, random start, step 2.5 eps / k) on
+    6000 Fashion-MNIST training images at L-inf ``eps``: a small but real robust model, cached
+    under $RRM_FAST_CACHE like ``trained_cnn``."""
+    from rrm_fast.attacks import PGD
+    cache = Path(os.environ.get("RRM_FAST_CACHE", "/tmp")) / f"eval_tests_tinycnn_pgdat_e{eps:g}_s{steps}_k{attack_steps}.pt"
+    model = TinyCNN()
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
+    x, y = fmnist("train", 6000)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (128,), generator=gen)
+        model.eval()  # the attack sees the model as evaluation will
+        xb = PGD(model, eps=eps, steps=attack_steps, generator=gen)(x[idx], y[idx])
+        model.train()
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cache)
+    return model.eval()
+
+
+def noise_trained_checkpoint(path, eps: float = 0.03) -> str:
+    """A cnn_small trained for a moment with Gaussian noise (sigma 0.25) on 3000 Fashion-MNIST
+    images, saved as a trainer-style checkpoint (safetensors + JSON sidecar) at ``path``."""
+    from rrm_fast.checkpoint import save_model
+    from rrm_fast.models import create_model
+    cache = Path(os.environ.get("RRM_FAST_CACHE", "/tmp")) / "eval_tests_cnn_small_noise0.25.pt"
+    model = create_model("cnn_small", 10, 1, (0.286,), (0.353,))
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        torch.manual_seed(0)
+        x, y = fmnist("train", 3000)
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        for _ in range(120):
+            idx = torch.randint(0, 3000, (64,))
+            loss = F.cross_entropy(model(x[idx] + 0.25 * torch.randn_like(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), cache)
+    save_model(path, model.eval(), {"config": {"dataset": "fashion_mnist", "eps": eps, "norm": "Linf",
+                                               "method": "gaussian_aug", "method_options": {"sigma": 0.25}}})
+    return str(path)
