@@ -153,9 +153,10 @@ def test_quick_suite_reproduces_evaluate_robustness(zoo_ckpt, tmp_path, capsys):
     assert rc == 0, err
     res = json.loads(out.read_text())
     model, _ = load_model(zoo_ckpt)
+    model = model.to(memory_format=torch.channels_last)  # the CLI's default, as the trainer's
     ds = load_dataset("fashion_mnist", "test").subset(torch.arange(100))
     with one_thread():
-        direct = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50)
+        direct = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50, channels_last=True)
     assert res["robust_acc"] == direct["robust_acc"] and res["clean_acc"] == direct["clean_acc"]
     assert res["robust_acc"] < res["clean_acc"]
     assert "worst case" in stdout and "gradient-masking diagnostics" in stdout

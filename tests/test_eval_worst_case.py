@@ -1,6 +1,12 @@
 """The honest robust accuracy: named attack sets, the per-sample worst case over a CE and a
 margin attack, and the CE-vs-margin warning -- on a small PGD-AT CNN and on the same CNN with
-its logits divided by a temperature (exactly as robust, but soft: CE-only PGD is fooled)."""
+its logits divided by a temperature (exactly as robust, but soft: CE-only attacks are fooled).
+
+Measured (first 1000 test images, eps 0.1, the default apgd-ce+t at 20 iterations): T = 1:
+APGD-CE 64.4%, APGD-T 63.7%, worst case 63.6% (silent); T = 20: APGD-CE 69.7%, APGD-T 63.7%,
+worst case 63.7% (fires, 6.0 points); the standard suite (Square-1000) gives 63.0% on the T = 1
+model. The gradient-masking checks' PGD-10 CE vs DLR on the first 500: 66.6% / 67.2% (silent)
+and 71.6% / 67.2% (fires)."""
 from __future__ import annotations
 
 import pytest
@@ -70,10 +76,16 @@ def test_attack_sets_name_their_stages_and_scopes():
     assert got["pgd-ce+dlr"] == [("PGD-7-CE", "correct", "ce"), ("PGD-7-DLR", "correct", "margin")]
     assert got["pgd-ce+cw"] == [("PGD-7-CE", "correct", "ce"), ("PGD-7-CW", "correct", "margin")]
     assert got["apgd-ce+dlr"] == [("APGD-CE-7", "correct", "ce"), ("APGD-DLR-7", "correct", "margin")]
-    assert got["apgd-ce+t"] == [("APGD-CE-7", "robust", "ce"), ("APGD-T-7x3", "robust", "margin")]
-    assert got["standard"] == got["apgd-ce+t"] + [("Square-50", "robust", "score")]
+    assert got["apgd-ce+t"] == [("APGD-CE-7", "correct", "ce"), ("APGD-T-7x3", "correct", "margin")]
+    assert got["standard"] == [("APGD-CE-7", "robust", "ce"), ("APGD-T-7x3", "robust", "margin"),
+                               ("Square-50", "robust", "score")]
+    # the sets' own target counts: 3 for the default pair, 9 for standard
+    assert [s.name for s in build_stages("apgd-ce+t", m, 10, **kw)] == ["APGD-CE-7", "APGD-T-7x3"]
+    assert [s.name for s in build_stages("standard", m, 10, **kw)][1] == "APGD-T-7x9"
     # DLR needs a third logit, targeted DLR a fourth
     assert [s.name for s in build_stages("pgd-ce+dlr", m, 2, **kw)] == ["PGD-7-CE", "PGD-7-CW"]
+    assert [s.name for s in build_stages("apgd-ce+t", m, 2, **kw)] == ["APGD-CE-7", "PGD-7-CW"]
+    assert [s.name for s in build_stages("apgd-ce+t", m, 3, **kw)] == ["APGD-CE-7", "APGD-DLR-7"]
     assert [s.name for s in build_stages("standard", m, 3, n_queries=50, **kw)] == ["APGD-CE-7", "APGD-DLR-7",
                                                                                      "Square-50"]
     with pytest.raises(ValueError, match="unknown attack set 'autoattack'"):
@@ -91,7 +103,7 @@ def test_pgd_ce_set_is_the_quick_suite(robust_cnn, test_images):
 @pytest.fixture(scope="module")
 def worst_cases(robust_cnn, test_images):
     return {t: evaluate_worst_case(Tempered(robust_cnn, t) if t != 1 else robust_cnn, test_images, eps=EPS,
-                                   attacks="pgd-ce+dlr", steps=10, batch_size=250, per_sample=True)
+                                   steps=20, batch_size=250, per_sample=True)  # the default set
             for t in (1, TEMPERATURE)}
 
 
@@ -99,7 +111,7 @@ def test_worst_case_combines_the_two_attacks_per_sample(worst_cases):
     res = worst_cases[1]
     ce, dlr = res["attacks"]
     n = res["n"]
-    assert res["attack"] == "worst of PGD-10-CE, PGD-10-DLR" and res["attack_set"] == "pgd-ce+dlr"
+    assert res["attack"] == "worst of APGD-CE-20, APGD-T-20x3" and res["attack_set"] == DEFAULT_ATTACKS == "apgd-ce+t"
     assert ce["run_on"] == dlr["run_on"] == round(res["clean_acc"] * n)  # both attack every clean-correct sample
     assert res["robust_acc"] == pytest.approx(res["clean_acc"] - (ce["fooled"] + dlr["fooled"]) / n)
     # the worst case is at most each attack alone, and at least what either leaves minus the other's share
@@ -124,14 +136,14 @@ def test_ce_vs_margin_warning_fires_on_the_softened_model_only(worst_cases, capl
 def test_the_warning_is_logged_for_library_callers(robust_cnn, test_images, caplog):
     ds = test_images.subset(torch.arange(150))
     with caplog.at_level("WARNING", logger="rrm_fast.eval"):
-        res = evaluate_worst_case(Tempered(robust_cnn, TEMPERATURE), ds, eps=EPS, attacks="pgd-ce+dlr", steps=10,
+        res = evaluate_worst_case(Tempered(robust_cnn, TEMPERATURE), ds, eps=EPS, attacks="pgd-ce+cw", steps=10,
                                   batch_size=150)
     assert res["warnings"] and any("points more than CE" in r.getMessage() for r in caplog.records)
 
 
 def test_gradient_masking_checks_include_ce_vs_margin(robust_cnn):
-    x, y = fmnist("test", 200)
-    kw = dict(eps=EPS, steps=10, batch_size=200, square_queries=50)
+    x, y = fmnist("test", 500)
+    kw = dict(eps=EPS, steps=10, batch_size=250, square_queries=50)
     honest = gradient_masking_checks(robust_cnn, x, y, **kw)
     soft = gradient_masking_checks(Tempered(robust_cnn, TEMPERATURE), x, y, **kw)
     pick = lambda d: next(c for c in d["checks"] if c["name"] == "ce_vs_margin")

@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..attacks import PGD, canonical_norm
-from .attack_sets import DEFAULT_STEPS, build_stages
+from .attack_sets import DEFAULT_ATTACKS, DEFAULT_STEPS, build_stages
 from .batches import batch_generator, dataset_batches, n_batches, with_progress_bar
 from .diagnostics import ce_vs_margin
 from .progress import ProgressFile
@@ -97,7 +97,7 @@ def margin_check(rows: list[dict], n: int):
                         round(margin["robust_acc_alone"] * n), n)
 
 
-def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks="standard", steps=None, restarts=1, n_targets=9,
+def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks=DEFAULT_ATTACKS, steps=None, restarts=1, n_targets=None,
                         n_queries=5000, batch_size=500, device="cpu", seed=0, progress=False, channels_last=False,
                         attack_amp=False, progress_file: ProgressFile | None = None, per_sample=False) -> dict:
     """Clean accuracy and the per-sample worst case over the attack set ``attacks`` (see
@@ -106,7 +106,7 @@ def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks="standard", step
     breaks it down per attack; "ce_vs_margin" and "warnings" carry the CE-vs-margin check,
     which is also logged when it fires."""
     norm = canonical_norm(norm)
-    if n_targets < 1:
+    if n_targets is not None and n_targets < 1:
         raise ValueError(f"--n-targets must be >= 1 (got {n_targets})")
     steps = steps or DEFAULT_STEPS.get(attacks)
     model.eval()
@@ -124,7 +124,7 @@ def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks="standard", step
     table, n = attack_table(tot, stages), tot["n"]
     check = margin_check(table, n)
     res = {"n": n, "clean_acc": tot["clean"] / max(n, 1), "robust_acc": tot["robust"] / max(n, 1),
-           "attack": " -> ".join(s.name for s in stages) if attacks in ("standard", "apgd-ce+t") else
+           "attack": " -> ".join(s.name for s in stages) if attacks == "standard" else
            "worst of " + ", ".join(s.name for s in stages), "attack_set": attacks, "attacks": table,
            "ce_vs_margin": check, "warnings": [] if check is None or check["ok"] else [check["message"]],
            "restarts": restarts, "eps": eps, "norm": norm, "steps": steps, "seconds": time.perf_counter() - t0}
