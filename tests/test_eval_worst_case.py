@@ -159,3 +159,19 @@ def test_standard_is_the_standard_attack_set(robust_cnn, test_images):
     assert std["attack"] == wc["attack"] == "APGD-CE-5 -> APGD-T-5x2 -> Square-30"
     assert torch.equal(std["robust_mask"], wc["robust_mask"]) and std["robust_acc"] == wc["robust_acc"]
     assert [r["run_on"] for r in std["attacks"][1:]] == [round(r["robust_acc_after"] * 60) for r in std["attacks"][:-1]]
+
+
+def test_the_table_prints_each_attack_alone_the_time_split_and_the_warning():
+    from rrm_fast.eval.report import format_robust_table
+    res = {"n": 200, "norm": "Linf", "eps": 0.1, "suite": "worst-case", "attack_precision": "fp32", "clean_acc": 0.8,
+           "robust_acc": 0.4, "attack": "worst of APGD-CE-50, APGD-T-50x3", "warnings": ["the margin attack finds ..."],
+           "attacks": [{"attack": "APGD-CE-50", "run_on": 160, "fooled": 60, "robust_acc_after": 0.5,
+                        "robust_acc_alone": 0.5, "seconds": 30.0},
+                       {"attack": "APGD-T-50x3", "run_on": 160, "fooled": 20, "robust_acc_after": 0.4,
+                        "robust_acc_alone": 0.42, "seconds": 10.0}]}
+    lines = format_robust_table(res, "fashion_mnist/test").splitlines()
+    assert lines[3].split() == ["APGD-CE-50", "160", "60", "50.00%", "50.00%", "30.0s"]
+    assert lines[4].split() == ["APGD-T-50x3", "160", "20", "40.00%", "42.00%", "10.0s"]
+    assert lines[5].split()[:3] == ["worst", "case", "40.00%"] and "(worst of APGD-CE-50, APGD-T-50x3)" in lines[5]
+    assert lines[6] == "  time: APGD-CE-50 30.0s (75%), APGD-T-50x3 10.0s (25%)"
+    assert lines[7] == "  [WARN] the margin attack finds ..."

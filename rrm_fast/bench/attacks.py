@@ -8,7 +8,8 @@ APGD-T-100 over 9 targets (ours, torchattacks), our default honest pair, our sta
 (APGD-CE-100 -> APGD-T-100x9 -> Square-5000) and torchattacks' ``AutoAttack(version="standard")``
 (its APGD-CE, APGD-T, FAB-T, Square-5000; note that torchattacks 3.5.1 builds them with its own
 defaults, 10 iterations, not the paper's 100). A sample is robust under a row when it is clean-
-correct and still correct on the row's adversarial input, judged by the same fp32 model.
+correct and still correct on the row's adversarial input, judged by the same fp32 model (in the
+channels-last layout, for both libraries).
 Acceptance (issue 13): our standard suite is at least as strong as torchattacks' AutoAttack on
 the same images. Times: the thread clock with one torch thread on a CPU (the load of a shared
 machine does not enter it), else wall-clock.
@@ -172,10 +173,11 @@ def run(args) -> int:
     args.clock = args.clock or ("thread" if device.type == "cpu" and args.threads == 1 else "wall")
     check_clock(args.clock, device)
     model, meta = load_model(args.checkpoint, device)
-    model.eval()
+    model = model.eval().to(memory_format=torch.channels_last)  # both libraries attack the same fast layout
     eps = meta.get("config", {}).get("eps", 0.1)
     ds = load_dataset(meta.get("config", {}).get("dataset", "fashion_mnist"), args.split)
     x, y = first_samples(ds, min(b["n"], len(ds)), device, args.batch_size)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
     print(f"{args.checkpoint}: {x.shape[0]} {args.split} images, Linf eps {eps:g}, clean {100 * clean:.2f}%", flush=True)
