@@ -18,7 +18,7 @@ from rrm_fast.data import load_dataset
 from rrm_fast.eval import gradient_masking_checks
 from rrm_fast.models import create_model
 from rrm_fast.smoothing import ABSTAIN, Smooth, clopper_pearson_lower, max_certifiable_radius, summarize_certification
-from helpers import QuantisedInput, TinyCNN, fmnist, one_thread, trained_cnn
+from helpers import QuantisedInput, TinyCNN, fmnist, noise_trained_checkpoint, one_thread, trained_cnn
 
 
 @pytest.fixture(scope="module")
@@ -135,23 +135,8 @@ def test_diagnostics_fire_on_a_masked_model_and_stay_quiet_on_a_normal_one(threa
 # ---- the CLI -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def zoo_ckpt(tmp_path_factory):
-    """A cnn_small trained for a moment with Gaussian noise (sigma 0.25), saved as a checkpoint."""
     with one_thread():
-        torch.manual_seed(0)
-        ds = load_dataset("fashion_mnist", "train")
-        x, y = ds.images[:3000].float() / 255, ds.labels[:3000]
-        model = create_model("cnn_small", 10, 1, (0.286,), (0.353,))
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for _ in range(120):
-            idx = torch.randint(0, 3000, (64,))
-            loss = F.cross_entropy(model(x[idx] + 0.25 * torch.randn_like(x[idx])), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("ckpt") / "final.safetensors"
-    save_model(path, model.eval(), {"config": {"dataset": "fashion_mnist", "eps": 0.03, "norm": "Linf",
-                                               "method": "gaussian_aug", "method_options": {"sigma": 0.25}}})
-    return str(path)
+        return noise_trained_checkpoint(tmp_path_factory.mktemp("ckpt") / "final.safetensors")
 
 
 def run_cli(capsys, *args):
@@ -168,13 +153,30 @@ def test_quick_suite_reproduces_evaluate_robustness(zoo_ckpt, tmp_path, capsys):
     assert rc == 0, err
     res = json.loads(out.read_text())
     model, _ = load_model(zoo_ckpt)
+    model = model.to(memory_format=torch.channels_last)  # the CLI's default, as the trainer's
     ds = load_dataset("fashion_mnist", "test").subset(torch.arange(100))
     with one_thread():
-        direct = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50)
+        direct = ev.evaluate_robustness(model, ds, eps=0.03, steps=5, batch_size=50, channels_last=True)
     assert res["robust_acc"] == direct["robust_acc"] and res["clean_acc"] == direct["clean_acc"]
     assert res["robust_acc"] < res["clean_acc"]
     assert "worst case" in stdout and "gradient-masking diagnostics" in stdout
-    assert len(res["diagnostics"]["checks"]) == 5 and not out.with_name("q.partial.json").exists()
+    assert len(res["diagnostics"]["checks"]) == 6 and not out.with_name("q.partial.json").exists()
+
+
+def test_worst_case_suite_prints_each_attack_alone_and_the_time_split(zoo_ckpt, tmp_path, capsys):
+    out = tmp_path / "w.json"
+    rc, stdout, err = run_cli(capsys, zoo_ckpt, "--suite", "worst-case", "--attacks", "pgd-ce+dlr", "--steps", 5,
+                              "--test-size", 60, "--diag-size", 30, "--diag-queries", 20, "--batch-size", 30,
+                              "--out", out)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert res["attack"] == "worst of PGD-5-CE, PGD-5-DLR" and res["attack_set"] == "pgd-ce+dlr"
+    ce, dlr = res["attacks"]
+    assert res["robust_acc"] <= min(ce["robust_acc_alone"], dlr["robust_acc_alone"])
+    assert set(res["ce_vs_margin"]["values"]) == {"PGD-5-CE", "PGD-5-DLR", "n", "gap_points"}
+    assert res["warnings"] == ([] if res["ce_vs_margin"]["ok"] else [res["ce_vs_margin"]["message"]])
+    assert "time: PGD-5-CE" in stdout and "(worst of PGD-5-CE, PGD-5-DLR)" in stdout
+    assert "ce_vs_margin" in {c["name"] for c in res["diagnostics"]["checks"]}
 
 
 def test_standard_suite_is_a_per_sample_worst_case(zoo_ckpt, tmp_path, capsys):

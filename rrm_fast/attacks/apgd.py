@@ -178,16 +178,7 @@ class APGD(Attack):
 
             since_check += 1
             if since_check == period:
-                few_up = s["n_up"] < self.rho * period
-                stalled = ~s["reduced_last_check"] & (s["loss_best_last_check"] >= s["loss_best"])
-                halve = few_up | stalled
-                s["reduced_last_check"] = halve
-                s["loss_best_last_check"] = s["loss_best"].clone()
-                s["step"] = torch.where(halve, s["step"] / 2, s["step"])
-                hv = _sample_view(halve, new)
-                s["delta"] = torch.where(hv, s["delta_best"], s["delta"])
-                s["grad"] = torch.where(hv, s["grad_best"], s["grad"])
-                s["n_up"] = torch.zeros_like(s["n_up"])
+                self._checkpoint_(s, period)
                 since_check = 0
                 period = max(period - period_decr, period_min)
                 self.checkpoint_iters.append(i + 1)
@@ -203,6 +194,21 @@ class APGD(Attack):
             out_delta[active] = s["delta_best"]
         self.final_step_sizes = s["step"]
         return (x + out_delta).detach(), fooled, best_loss_out
+
+    def _checkpoint_(self, s: dict, period: int) -> None:
+        """At a checkpoint: halve the step of (and restart from its best point) every sample that
+        raised its loss on fewer than rho of the last ``period`` steps, or whose step was not
+        halved last time and whose best loss has not improved since."""
+        few_up = s["n_up"] < self.rho * period
+        stalled = ~s["reduced_last_check"] & (s["loss_best_last_check"] >= s["loss_best"])
+        halve = few_up | stalled
+        s["reduced_last_check"] = halve
+        s["loss_best_last_check"] = s["loss_best"].clone()
+        s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+        hv = _sample_view(halve, s["delta"])
+        s["delta"] = torch.where(hv, s["delta_best"], s["delta"])
+        s["grad"] = torch.where(hv, s["grad_best"], s["grad"])
+        s["n_up"] = torch.zeros_like(s["n_up"])
 
     @staticmethod
     def _bind(loss_of, target):

@@ -35,6 +35,21 @@ def ce_per_sample(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{i != y} z_i per sample (<= 0: misclassified)."""
+    z = logits.float()
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    others = z.scatter(1, y[:, None], -float("inf"))
+    return z_y - others.amax(1)
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini-Wagner's margin loss to maximise, max_{i != y} z_i - z_y per sample (> 0:
+    misclassified). Unlike CE it does not flatten when the softmax does: its gradient is the
+    difference of two logit gradients whatever the logits' scale."""
+    return -margin_loss(logits, y)
+
+
 class Attack:
     def __init__(self, model, eps: float, norm: str = "Linf", lo: float = 0.0, hi: float = 1.0):
         if eps < 0:

@@ -23,15 +23,7 @@ import math
 
 import torch
 
-from .base import Attack
-
-
-def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - max_{i != y} z_i per sample (<= 0: misclassified)."""
-    z = logits.float()
-    z_y = z.gather(1, y[:, None]).squeeze(1)
-    others = z.scatter(1, y[:, None], -float("inf"))
-    return z_y - others.amax(1)
+from .base import Attack, margin_loss
 
 
 def p_schedule(p_init: float, it: int, n_queries: int) -> float:

@@ -13,6 +13,7 @@ import importlib
 import sys
 
 COMMANDS = {"claims": "rrm_fast.bench.claims", "steps": "rrm_fast.bench.steps", "compare": "rrm_fast.bench.compare"}
+COMMANDS["attacks"] = "rrm_fast.bench.attacks"  # issue 13: ours vs torchattacks on the same model and images
 
 
 def main(argv=None) -> int:

@@ -23,20 +23,23 @@ The package reads in the order data flows:
     batches.py      samples in order, in seeded batches
     runner.py       the one batch runner: attack stages per batch, threat-model check, totals
     progress.py     the per-batch progress file (resume)
-    suites.py       quick (PGD-k) and standard (APGD-CE -> APGD-T -> Square)
+    attack_sets.py  named attack sets ("pgd-ce", "pgd-ce+dlr", ..., "standard") as runner stages
+    suites.py       the worst case over an attack set; standard; quick (PGD-k on CE)
     certify.py      randomized-smoothing certification
     diagnostics.py  gradient-masking checks
     report.py       printed tables and the JSON results file
     cli.py          the command line (``__main__.py`` runs it)
 """
+from .attack_sets import ATTACK_SETS, DEFAULT_ATTACKS, build_stages
 from .batches import batch_seed, first_samples
 from .certify import evaluate_certified
 from .cli import main
-from .diagnostics import format_diagnostics, gradient_masking_checks, large_eps
+from .diagnostics import ce_vs_margin, format_diagnostics, gradient_masking_checks, large_eps
 from .progress import ProgressFile
 from .runner import AutocastModel, Stage, attack_batch, attack_view, check_threat_model
-from .suites import evaluate_robustness, evaluate_standard, standard_attacks
+from .suites import evaluate_robustness, evaluate_standard, evaluate_worst_case
 
-__all__ = ["AutocastModel", "ProgressFile", "Stage", "attack_batch", "attack_view", "batch_seed", "check_threat_model",
-           "evaluate_certified", "evaluate_robustness", "evaluate_standard", "first_samples", "format_diagnostics",
-           "gradient_masking_checks", "large_eps", "main", "standard_attacks"]
+__all__ = ["ATTACK_SETS", "DEFAULT_ATTACKS", "AutocastModel", "ProgressFile", "Stage", "attack_batch", "attack_view",
+           "batch_seed", "build_stages", "ce_vs_margin", "check_threat_model", "evaluate_certified", "evaluate_robustness",
+           "evaluate_standard", "evaluate_worst_case", "first_samples", "format_diagnostics", "gradient_masking_checks",
+           "large_eps", "main"]

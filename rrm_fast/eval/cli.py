@@ -1,6 +1,7 @@
 """The command line: ``python -m rrm_fast.eval CHECKPOINT [--suite quick|standard|certify]``."""
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..attacks import PGD, canonical_norm
+from ..attacks import canonical_norm
 from ..errors import OneLineArgumentParser
 from ..validation import eps_mistake, whole_number
 from . import estimate
@@ -20,10 +21,12 @@ from .outputs import check_result_path, is_progress, keep_earlier
 from .progress import ProgressFile
 from .report import format_certify_table, format_robust_table, write_results
 from .runner import AutocastModel, attack_view
-from .suites import evaluate_robustness, evaluate_standard, standard_attacks
+from .attack_sets import ATTACK_SETS, DEFAULT_ATTACKS, DEFAULT_STEPS, build_stages
+from .suites import evaluate_robustness, evaluate_standard, evaluate_worst_case
 
-SUITES = ("quick", "standard", "certify")
-RESULT_SUFFIX = {"quick": ".eval.json", "standard": ".eval-standard.json", "certify": ".eval-certify.json"}
+SUITES = ("quick", "worst-case", "standard", "certify")
+RESULT_SUFFIX = {"quick": ".eval.json", "worst-case": ".eval-worst-case.json", "standard": ".eval-standard.json",
+                 "certify": ".eval-certify.json"}
 DESCRIPTION = "Evaluation suites: robust accuracy you can trust, and certified accuracy of smoothed models."
 
 
@@ -31,21 +34,28 @@ def build_parser():
     p = OneLineArgumentParser(prog="python -m rrm_fast.eval", description=DESCRIPTION)
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by rrm_fast.train (with its .json sidecar)")
     p.add_argument("--suite", default="quick", choices=SUITES,
-                   help="quick: PGD-k; standard: APGD-CE -> APGD-T -> Square (worst case); certify: randomized smoothing")
+                   help="quick: PGD-k on CE (a quick check only); worst-case: the per-sample worst case over --attacks; "
+                        "standard: APGD-CE -> APGD-T -> Square (worst case); certify: randomized smoothing")
+    p.add_argument("--attacks", default=DEFAULT_ATTACKS, choices=ATTACK_SETS,
+                   help=f"worst-case: the named attack set (default {DEFAULT_ATTACKS}; see docs/evaluation.md)")
     p.add_argument("--dataset", default=None, help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--eps", type=float, default=None, help="default: the checkpoint's training eps")
     p.add_argument("--norm", default=None, help="Linf or L2; default: the checkpoint's")
-    p.add_argument("--steps", type=whole_number, default=None, help="PGD steps (quick, default 20) or APGD iterations (standard, default 100)")
+    p.add_argument("--steps", type=whole_number, default=None, help="PGD steps (quick, default 20), APGD iterations (standard, "
+                   "default 100) or the attack set's steps (worst-case, its default)")
     p.add_argument("--restarts", type=whole_number, default=1)
     p.add_argument("--alpha", type=float, default=None, help="quick suite's PGD step; default 2.5*eps/steps")
-    p.add_argument("--n-targets", type=whole_number, default=9, help="standard: APGD-T target classes (top-k other classes)")
+    p.add_argument("--n-targets", type=whole_number, default=None, help="APGD-T target classes (top-k other classes); default "
+                   "9 for standard, 3 for apgd-ce+t")
     p.add_argument("--n-queries", type=whole_number, default=5000, help="standard: Square attack queries per sample")
     p.add_argument("--batch-size", type=whole_number, default=500, help="attack batch; certify: noise samples per forward")
     p.add_argument("--test-size", type=whole_number, default=None, help="evaluate the first N samples only")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=whole_number, default=0)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="model and inputs channels-last, as the trainer runs them (2-3x faster forwards on CPU)")
     p.add_argument("--attack-amp", action="store_true", help="run the attacks' forward/backward under autocast "
                    "(bf16/fp16); accuracy is still judged in fp32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its .partial.json")
@@ -71,7 +81,7 @@ def _validate(args):
               (args.batch_size >= 1, f"--batch-size must be >= 1 (got {args.batch_size})"),
               (args.test_size is None or args.test_size >= 1, f"--test-size must be >= 1 (got {args.test_size})"),
               (args.n_queries >= 1, f"--n-queries must be >= 1 (got {args.n_queries})"),
-              (args.n_targets >= 1, f"--n-targets must be >= 1 (got {args.n_targets})"),
+              (args.n_targets is None or args.n_targets >= 1, f"--n-targets must be >= 1 (got {args.n_targets})"),
               (args.diag_size >= 0, f"--diag-size must be >= 0 (got {args.diag_size})"),
               (args.diag_steps is None or args.diag_steps >= 1, f"--diag-steps must be >= 1 (got {args.diag_steps})"),
               (args.diag_queries >= 1, f"--diag-queries must be >= 1 (got {args.diag_queries})"),
@@ -138,6 +148,8 @@ def _load_job(args) -> Job:
     from ..runtime import resolve_device
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_cfg = meta.get("config", {})
     dataset = args.dataset or train_cfg.get("dataset", "fashion_mnist")
     spec = meta["model"]
@@ -185,6 +197,11 @@ def write_result(job: Job, res: dict) -> None:
         print(f"the earlier result is kept as {kept}")
 
 
+def suite_steps(args) -> int:
+    """PGD steps or APGD iterations: --steps, else the suite's (quick 20, standard 100) or the attack set's."""
+    return args.steps or {"quick": 20, "standard": 100}.get(args.suite) or DEFAULT_STEPS[args.attacks]
+
+
 def _estimate(args, job: Job) -> None:
     """Say how long the suite will take (rrm_fast.eval.estimate); refuse beyond the limit unless --allow-long."""
     x, y = first_samples(job.ds, min(len(job.ds), estimate.PROBE_BATCH), job.device, args.batch_size)
@@ -195,12 +212,12 @@ def _estimate(args, job: Job) -> None:
         lower = "--n, --n0 or --test-size"
     else:
         per_sample = estimate.seconds_per_sample(attack_view(job.model, job.device, args.attack_amp), x, y)
-        steps = args.steps or (20 if args.suite == "quick" else 100)
-        common = dict(eps=job.eps, norm=job.norm, steps=steps, restarts=args.restarts)
-        attacks = ([PGD(job.model, alpha=args.alpha, **common)] if args.suite == "quick" else
-                   [a for _, a in standard_attacks(job.model, job.ds.num_classes, n_targets=args.n_targets,
-                                                   n_queries=args.n_queries, generator=None, **common)])
-        seconds = estimate.attack_seconds(attacks, n, per_sample)
+        steps = suite_steps(args)
+        attack_set = {"quick": "pgd-ce", "standard": "standard"}.get(args.suite, args.attacks)
+        stages = build_stages(attack_set, job.model, job.ds.num_classes, eps=job.eps, norm=job.norm, steps=steps,
+                              restarts=args.restarts, alpha=args.alpha, n_targets=args.n_targets,
+                              n_queries=args.n_queries)
+        seconds = estimate.attack_seconds([st.attack for st in stages], n, per_sample)
         if args.diag_size and job.eps:
             seconds += estimate.diagnostics_seconds(min(args.diag_size, n), args.diag_steps or (
                 steps if args.suite == "quick" else 20), args.diag_queries if args.suite == "quick" else 0, per_sample)
@@ -231,22 +248,28 @@ def _run_certify(args, job: Job, radii) -> int:
 def _run_attacks(args, job: Job, steps: int):
     """The quick or standard suite; returns (results, per-sample robust mask, black-box record)."""
     settings = {**job.settings(args), "eps": job.eps, "norm": job.norm, "steps": steps, "restarts": args.restarts,
-                "batch_size": args.batch_size, "attack_amp": args.attack_amp}
+                "batch_size": args.batch_size, "attack_amp": args.attack_amp, "channels_last": args.channels_last}
     common = dict(eps=job.eps, norm=job.norm, steps=steps, restarts=args.restarts, batch_size=args.batch_size,
-                  device=job.device, seed=args.seed, progress=sys.stderr.isatty(), attack_amp=args.attack_amp)
+                  device=job.device, seed=args.seed, progress=sys.stderr.isatty(), attack_amp=args.attack_amp,
+                  channels_last=args.channels_last)
     if args.suite == "quick":
         settings["alpha"] = args.alpha
         pf = ProgressFile(job.partial_path, settings, args.resume)
-        res = evaluate_robustness(job.model, job.ds, alpha=args.alpha, progress_file=pf, per_sample=True, **common)
-        blackbox = None
-    else:
-        settings.update({"n_targets": args.n_targets, "n_queries": args.n_queries})
-        pf = ProgressFile(job.partial_path, settings, args.resume)
-        res = evaluate_standard(job.model, job.ds, n_targets=args.n_targets, n_queries=args.n_queries, progress_file=pf,
-                                **common)
-        sq = res["attacks"][-1]
-        blackbox = {"attack": sq["attack"], "run_on": sq["run_on"], "fooled": sq["fooled"]}
-    return res, pf, blackbox
+        return evaluate_robustness(job.model, job.ds, alpha=args.alpha, progress_file=pf, per_sample=True, **common), pf
+    settings.update({"n_targets": args.n_targets, "n_queries": args.n_queries})
+    if args.suite == "worst-case":
+        settings["attacks"] = args.attacks
+    pf = ProgressFile(job.partial_path, settings, args.resume)
+    common.update(n_targets=args.n_targets, n_queries=args.n_queries, progress_file=pf)
+    if args.suite == "standard":
+        return evaluate_standard(job.model, job.ds, **{**common, "n_targets": args.n_targets or 9}), pf
+    return evaluate_worst_case(job.model, job.ds, attacks=args.attacks, per_sample=True, **common), pf
+
+
+def _suite_blackbox(res: dict):
+    """The suite's own black-box stage (Square after the white-box attacks), if it ran one."""
+    rows = [r for r in res.get("attacks", []) if r.get("loss") == "score"]
+    return {"attack": rows[-1]["attack"], "run_on": rows[-1]["run_on"], "fooled": rows[-1]["fooled"]} if rows else None
 
 
 def _diagnose(args, job: Job, steps: int, robust_mask, blackbox) -> dict:
@@ -256,7 +279,7 @@ def _diagnose(args, job: Job, steps: int, robust_mask, blackbox) -> dict:
         return diag
     k = min(args.diag_size, len(job.ds))
     x, y = first_samples(job.ds, k, job.device, args.batch_size)
-    diag_steps = args.diag_steps or (steps if args.suite == "quick" else 20)
+    diag_steps = args.diag_steps or (steps if args.suite == "quick" else 20)  # the cascade's APGD steps are too many
     diag = gradient_masking_checks(job.model, x, y, eps=job.eps, norm=job.norm, steps=diag_steps,
                                    batch_size=args.batch_size, seed=args.seed, square_queries=args.diag_queries,
                                    whitebox_robust=robust_mask[:k], blackbox=blackbox,
@@ -267,16 +290,16 @@ def _diagnose(args, job: Job, steps: int, robust_mask, blackbox) -> dict:
 
 def _run_robust(args, job: Job) -> int:
     _estimate(args, job)
-    steps = args.steps or (20 if args.suite == "quick" else 100)
+    steps = suite_steps(args)
     attack_precision = "fp32"
     if args.attack_amp:
         attack_precision = str(AutocastModel(job.model, job.device).dtype).replace("torch.", "") + " autocast"
-    res, pf, blackbox = _run_attacks(args, job, steps)
+    res, pf = _run_attacks(args, job, steps)
     res.update({"suite": args.suite, "attack_precision": attack_precision, "checkpoint": str(args.checkpoint),
                 "dataset": job.dataset, "split": args.split})
     robust_mask = res.pop("robust_mask")
     print(format_robust_table(res, job.where))
-    res["diagnostics"] = _diagnose(args, job, steps, robust_mask, blackbox)
+    res["diagnostics"] = _diagnose(args, job, steps, robust_mask, _suite_blackbox(res))
     write_result(job, res)
     pf.remove()
     print(f"-> {job.out}")
@@ -285,6 +308,10 @@ def _run_robust(args, job: Job) -> int:
 
 def main(argv=None) -> int:
     from ..errors import Interrupted, run_cli
+    # the suites log their warnings (for library callers); here the printed table carries them
+    suite_log = logging.getLogger("rrm_fast.eval")
+    if not suite_log.handlers:
+        suite_log.addHandler(logging.NullHandler())
     partial = {}  # the progress file of the running evaluation, for the Ctrl-C message
 
     def run():

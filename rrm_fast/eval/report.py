@@ -5,18 +5,27 @@ from ..io import atomic_write_json
 
 
 def format_robust_table(res: dict, where: str) -> str:
+    """The robust-accuracy table: one row per attack (run on, newly fooled, cumulative worst
+    case, accuracy alone where known, time), then the time split and any warning."""
     lines = [f"{where}  n={res['n']}  {res['norm']} eps={res['eps']:g}  ({res['suite']} suite, "
              f"{res['attack_precision']} attacks)",
-             f"  {'attack':<22}{'run on':>8}{'fooled':>8}{'robust acc':>12}",
+             f"  {'attack':<22}{'run on':>8}{'fooled':>8}{'robust acc':>12}{'alone':>9}{'time':>9}",
              f"  {'clean':<22}{'':>8}{'':>8}{100 * res['clean_acc']:>11.2f}%"]
-    if res["suite"] == "standard":
-        for row in res["attacks"]:
-            lines.append(f"  {row['attack']:<22}{row['run_on']:>8}{row['fooled']:>8}{100 * row['robust_acc_after']:>11.2f}%")
-    else:
-        name = f"{res['attack']} x{res['restarts']}"
-        lines.append(f"  {name:<22}{round(res['clean_acc'] * res['n']):>8}"
-                     f"{round((res['clean_acc'] - res['robust_acc']) * res['n']):>8}{100 * res['robust_acc']:>11.2f}%")
-    lines.append(f"  {'worst case':<22}{'':>8}{'':>8}{100 * res['robust_acc']:>11.2f}%")
+    rows = res.get("attacks")
+    if rows is None:  # the quick suite: one PGD attack on every sample
+        rows = [{"attack": f"{res['attack']} x{res['restarts']}", "run_on": round(res["clean_acc"] * res["n"]),
+                 "fooled": round((res["clean_acc"] - res["robust_acc"]) * res["n"]),
+                 "robust_acc_after": res["robust_acc"], "seconds": res["seconds"]}]
+    for row in rows:
+        alone = f"{100 * row['robust_acc_alone']:>8.2f}%" if "robust_acc_alone" in row else f"{'':>9}"
+        lines.append(f"  {row['attack']:<22}{row['run_on']:>8}{row['fooled']:>8}{100 * row['robust_acc_after']:>11.2f}%"
+                     f"{alone}{row['seconds']:>8.1f}s")
+    lines.append(f"  {'worst case':<22}{'':>8}{'':>8}{100 * res['robust_acc']:>11.2f}%   ({res['attack']})")
+    total = sum(r["seconds"] for r in rows)
+    if len(rows) > 1 and total > 0:
+        lines.append("  time: " + ", ".join(f"{r['attack']} {r['seconds']:.1f}s ({100 * r['seconds'] / total:.0f}%)"
+                                            for r in rows))
+    lines += [f"  [WARN] {w}" for w in res.get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -62,10 +62,13 @@ def check_threat_model(x, x_adv, eps, norm, lo=0.0, hi=1.0, name="attack"):
 
 @dataclass(frozen=True)
 class Stage:
-    """One attack of a suite: ``attack(x, y) -> x_adv`` run on the samples its ``scope`` names."""
+    """One attack of a suite: ``attack(x, y) -> x_adv`` run on the samples its ``scope`` names.
+    ``loss`` says what the attack maximises: "ce", "margin" (CW, DLR, targeted DLR; the
+    CE-vs-margin check compares the two) or "score" (a black-box search)."""
     name: str
     attack: object
     scope: str = "robust"
+    loss: str = "ce"
 
     def __post_init__(self):
         if self.scope not in SCOPES:
