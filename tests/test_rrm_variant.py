@@ -241,3 +241,37 @@ def test_start_up_refuses_what_the_delta_cannot_do(tmp_path):
                           method_options={"student_delta": "uniform"}), folder)
     with pytest.raises(ValueError, match="--augment crop: .* folder dataset"):
         preflight(TrainConfig(method="natural", student="resnet18", augment="crop", **common), folder)
+
+
+@pytest.mark.slow
+def test_two_processes_keep_the_one_process_bank(tmp_path):
+    """torchrun, 2 CPU processes, the global batch split between them: the same weights (to float
+    tolerance) and the same delta bank as one process; ranks > 0 store no copy of it."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from helpers import REPO, child_env, flags
+
+    teacher = train_run(TrainConfig(out=str(tmp_path / "teacher"), method="fast_at", **{
+        k: v for k, v in SMALL.items() if k not in ("method", "teacher", "teacher_epochs", "head_init", "augment",
+                                                    "student")}), progress=False)["checkpoint"]
+    # no augmentation: the loaders draw each rank's crops from its own stream, unlike one process's
+    cfg = {**SMALL, "teacher": teacher, "epochs": 1, "augment": "auto"}
+    cfg.pop("teacher_epochs")
+    env = child_env()
+    for key in ("RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "rrm_fast.train", "--no-progress", *flags(**cfg), "--out", str(tmp_path / "two")], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    train_run(TrainConfig(out=str(tmp_path / "one"), **cfg), progress=False)
+    a, b = load_file(str(tmp_path / "one" / "final.safetensors")), load_file(str(tmp_path / "two" / "final.safetensors"))
+    banks = [resume_mod.load_latest_state(tmp_path / run, print)[0] for run in ("one", "two")]
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (k, (a[k] - b[k]).abs().max())
+    assert "rank1/method/levels" not in banks[1]
+    one, two = banks[0]["rank0/method/levels"], banks[1]["rank0/method/levels"]
+    assert (one != 0).float().mean() > 0.5 and (one == two).float().mean() > 0.999  # a zero-gradient sign may differ
