@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrm_fast.data.sampling import SampleIndex
 from rrm_fast.methods import METHODS, ThreatModel
 
 
@@ -29,6 +30,7 @@ class Tiny(nn.Module):
 
 
 W = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+PAPER_RRM = dict(student_delta="none", feature_loss="auto")  # the paper's RRM (this project's variant is the default)
 
 
 def test_natural_is_plain_cross_entropy():
@@ -46,7 +48,8 @@ def test_rrm_cosine_loss_by_hand():
         def forward(self, x, return_features=False):
             return super().forward(teacher_x.expand_as(x), return_features)
 
-    m = METHODS["rrm"](student, Shifted(torch.eye(2)), ThreatModel("Linf", 0.1), xent_weight=0.5, feat_weight=2.0)
+    m = METHODS["rrm"](student, Shifted(torch.eye(2)), ThreatModel("Linf", 0.1), xent_weight=0.5, feat_weight=2.0,
+                       **PAPER_RRM)
     out = m.loss(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([0]))
     ce = math.log(1 + math.exp(-1))
     assert out.loss.item() == pytest.approx(0.5 * ce - 2.0 / math.sqrt(2), rel=1e-6)
@@ -150,7 +153,8 @@ def test_only_the_training_forward_goes_through_train_model(name):
     wrapper = Counting(student)
     teacher = Tiny(torch.eye(2)) if METHODS[name].needs_teacher else None
     m = METHODS[name](attacked, teacher, ThreatModel("Linf", 0.1, 0.05, 3), train_model=wrapper)
-    m.loss(torch.full((2, 1, 1, 2), 0.5), torch.tensor([0, 1]))
+    index = {"index": SampleIndex(torch.tensor([0, 1]), 2)} if m.needs_sample_index else {}  # rrm: its per-image delta
+    m.loss(torch.full((2, 1, 1, 2), 0.5), torch.tensor([0, 1]), **index)
     assert wrapper.calls == 1  # the forward whose loss trains the weights
     assert attacked.calls == {"pgd_at": 3, "fast_at": 1}.get(name, 0)  # attack passes: the unwrapped module
 
@@ -161,7 +165,7 @@ def test_rrm_loss_is_the_public_rrm_loss_bit_for_bit():
     torch.manual_seed(0)
     student, teacher = Tiny(torch.randn(3, 4)), Tiny(torch.randn(3, 4))
     x, y = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
-    m = METHODS["rrm"](student, teacher, ThreatModel("Linf", 0.1), xent_weight=0.3, feat_weight=1.7)
+    m = METHODS["rrm"](student, teacher, ThreatModel("Linf", 0.1), xent_weight=0.3, feat_weight=1.7, **PAPER_RRM)
     out = m.loss(x, y)
     logits, phi_s = student(x, return_features=True)
     expected = RRMLoss(0.3, 1.7, "cosine")(logits, y, phi_s, teacher(x, return_features=True)[1])

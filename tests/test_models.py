@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from rrm_fast.models import ARCHS, FeatureTap, attach_projection, copy_head, create_model
 
-SMALL = {"cnn_small": (1, 28), "cnn_wide": (1, 28), "preact_resnet18": (3, 32), "resnet18": (3, 32),
+SMALL = {"cnn_small": (1, 28), "cnn_wide": (1, 28), "cnn_wide256": (1, 28), "resnet_small": (1, 28), "preact_resnet18": (3, 32), "resnet18": (3, 32),
          "vgg11": (3, 32), "vgg16": (3, 32)}
 BIG = {"resnet50": (3, 32, 2048), "wrn34_10": (3, 32, 640)}
 

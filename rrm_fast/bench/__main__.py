@@ -1,9 +1,10 @@
-"""python -m rrm_fast.bench {claims,steps,compare} [options]
+"""python -m rrm_fast.bench {claims,steps,compare,transfer} [options]
 
   claims   train PGD-AT, Fast AT, Free AT and RRM (and peers) on one task; robust accuracy
            against wall-clock time, test-split figures, and the speed-up claims as ratios
   steps    median time of one training step per method, measured round-robin in one run
   compare  every method on one task at the same epoch budget (rrm_fast.bench.compare)
+  transfer RRM variants, one lever per row, on the held-out training slice (rrm_fast.bench.transfer)
 
 `python -m rrm_fast.bench COMMAND --help` for each command's options.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"claims": "rrm_fast.bench.claims", "steps": "rrm_fast.bench.steps", "compare": "rrm_fast.bench.compare"}
-COMMANDS["attacks"] = "rrm_fast.bench.attacks"  # issue 13: ours vs torchattacks on the same model and images
+COMMANDS = {"claims": "rrm_fast.bench.claims", "steps": "rrm_fast.bench.steps", "compare": "rrm_fast.bench.compare",
+            "transfer": "rrm_fast.bench.transfer", "attacks": "rrm_fast.bench.attacks"}
 
 
 def main(argv=None) -> int:

@@ -41,7 +41,42 @@ def ratio_s(v) -> str:
 
 
 def render_markdown(res: dict) -> str:
-    return "\n".join(_intro(res) + _results(res) + _claims(res["claims"]) + _curves(res)) + "\n"
+    equal_time = _equal_time(res) if "equal_time" in res else []
+    return "\n".join(_intro(res) + _results(res) + _claims(res["claims"]) + equal_time + _curves(res)) + "\n"
+
+
+def _equal_time(res: dict) -> list[str]:
+    et, t = res["equal_time"], res["teacher"]
+    lines = ["## Equal training time", ""] + [f"- {n}" for n in et.get("notes", [])]
+    if "rows" not in et:
+        return lines + [""]
+    cl = et["claims"]
+    lines += [f"Every method trains for the same budget: {secs(et['budget_s'])} s ({et['budget_source']}), each with its "
+              "own schedule stretched over the epochs planned from its equal-epoch run's median epoch time, stopped at "
+              f"the epoch end after which another epoch would pass the budget by more than {et['tolerance']:.0%} "
+              "(rrm_fast.bench.claims_budget). Test figures: the final model at the budget, on the test split as above. "
+              + (f"Target: {100 * cl['target']:.1f} % held-out robust accuracy (0.9 x {label(res['claims']['reference'])}'s "
+                 "final). " if "target" in cl else "") + "Times to the target are read at epoch ends (upper bounds).", "",
+              "| method | epochs planned / run | s per epoch (calibration) | spent s | held-out robust % | test clean % | "
+              "test robust % | time to target s | with teacher s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in et["rows"].items():
+        cal = "-" if r["calibration_epoch_s"] is None else secs(r["calibration_epoch_s"])
+        lines.append(f"| {label(name)} | {r['planned_epochs']} / {r['epochs_run']} | {cal} | {secs(r['train_seconds'])} | "
+                     f"{100 * r['curve'][-1]['robust']:.1f} | {100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | "
+                     f"{fmt_s(r.get('time_to_target'))} | "
+                     f"{fmt_s(r.get('time_to_target_with_teacher')) if r['uses_teacher'] else '-'} |")
+    if t:
+        lines.append(f"\nThe teacher's {secs(t['train_seconds'])} s are not in the students' budget (teacher excluded).")
+    lines += ["", "| claim (equal time) | RRM | baseline | ratio | verdict |", "|---|---:|---:|---:|---|"]
+    for c in cl.get("claims", []):
+        if "rrm_seconds" in c:
+            nums = f"{fmt_s(c['rrm_seconds'])} s | {secs(c['reference_seconds'])} s"
+        else:
+            nums = f"{100 * c['rrm']:.2f} % | {100 * c['baseline']:.2f} %"
+        lines.append(f"| {c['statement']} | {nums} | {ratio_s(c['ratio'])} | "
+                     f"{'holds' if c['holds'] else '**DOES NOT HOLD**'} |")
+    lines += [f"- {n}" for n in cl.get("notes", [])]
+    return lines + ["", "![robust accuracy against training time at equal time](claims_equal_time.png)", ""]
 
 
 def _intro(res: dict) -> list[str]:
@@ -62,7 +97,9 @@ def _intro(res: dict) -> list[str]:
               f"fp32, channels_last. L-inf eps = {s['eps']:g}; training PGD {s['attack_steps']} steps of {s['alpha']:g}. "
               + (f"Teacher: `{t['arch']}` trained by `{t['method']}` for {t['epochs_run']} epoch(s) on the same images"
                  f"{'' if t['trained_in_this_session'] else ' (reused from the cache, trained in an earlier session)'}; "
-                 "RRM's student starts with the teacher's head (the demo's setting)." if t else ""), "",
+                 "RRM's student starts with the teacher's head (the demo's setting)." if t else "")
+              + " RRM is `--method rrm`'s defaults: this project's variant (per-image student delta + rel_l2, "
+              "docs/transfer.md), not the paper's RRM.", "",
               f"Curves: clean and {s['monitor_attack']} accuracy on the held-out training slice at each epoch end, against "
               f"cumulative training seconds (epochs only: no monitoring, no evaluation), {CLOCK_TEXT[s['clock']]}. "
               "Final figures: clean and "
@@ -189,6 +226,35 @@ def plot(res: dict, path: Path) -> None:
     fig.suptitle(f"{res['settings']['dataset']}, student {res['settings']['student']}, L-inf eps {res['settings']['eps']:g}"
                  f" — {m['cpu'] if m['device'] == 'cpu' else m.get('gpu')}, load {res['load']['median']:g} on "
                  f"{res['load']['cores']} cores" + (" — QUICK (no claim)" if res["quick"] else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_equal_time(res: dict, path: Path) -> None:
+    """Held-out robust accuracy against training time of the equal-time runs, teacher excluded
+    (solid) and included (dotted, methods with a teacher), the budget and the target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    et, t = res["equal_time"], res["teacher"]
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for name, r in et["rows"].items():
+        xs, ys = [p["seconds"] for p in r["curve"]], [100 * p["robust"] for p in r["curve"]]
+        ax.plot(xs, ys, marker="o", color=COLORS.get(name), label=f"{label(name)} ({r['epochs_run']} epochs)")
+        if r["uses_teacher"] and t:
+            ax.plot([x + t["train_seconds"] for x in xs], ys, ls=":", color=COLORS.get(name),
+                    label=f"{label(name)}, teacher time included")
+    ax.axvline(et["budget_s"], color="k", lw=0.8, label=f"budget {secs(et['budget_s'])} s")
+    if "target" in et["claims"]:
+        ax.axhline(100 * et["claims"]["target"], color="k", ls="--", lw=0.8, label="target (0.9 x reference)")
+    ax.set_xlabel(CLOCK_AXIS[res["settings"]["clock"]])
+    ax.set_ylabel(f"held-out {res['settings']['monitor_attack']} accuracy (%)")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("equal training time" + (" - QUICK (no claim)" if res["quick"] else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

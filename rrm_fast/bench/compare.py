@@ -100,8 +100,7 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
 
 def row_from(name, cfg, report, wall_seconds) -> dict:
     test = report["test"]
-    opts = METHODS[cfg.method].options
-    replays = int(cfg.method_options.get("replays", opts["replays"].default)) if "replays" in opts else 1
+    replays = harness.replays_of(cfg)
     return {"name": name, "method": cfg.method, "paper": METHODS[cfg.method].paper,
             "teacher": f"{cfg.teacher_method} {cfg.teacher}" if cfg.teacher else None,
             "head_init": cfg.head_init if cfg.teacher else None, "replays": replays,

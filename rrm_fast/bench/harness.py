@@ -88,13 +88,22 @@ def reusable_report(cfg: TrainConfig) -> dict | None:
     return report if old_cfg == json.loads(json.dumps(dataclasses.asdict(cfg))) else None
 
 
-def run_or_reuse(name: str, cfg: TrainConfig, *, clock: str, progress: bool = False, callbacks=()) -> dict:
-    """{"report", "wall_seconds", "started", "started_epoch", "load", "torch_threads", "clock", "reused"}."""
+def replays_of(cfg: TrainConfig) -> int:
+    """How many times the run's method replays each minibatch (Free AT's m; 1 for the others)."""
+    opts = METHODS[cfg.method].options
+    return int(cfg.method_options.get("replays", opts["replays"].default)) if "replays" in opts else 1
+
+
+def run_or_reuse(name: str, cfg: TrainConfig, *, clock: str, progress: bool = False, callbacks=(),
+                 tag: dict | None = None) -> dict:
+    """{"report", "wall_seconds", "started", "started_epoch", "load", "torch_threads", "clock", "reused"}.
+    ``tag``: what else the run depended on beyond its config (a time budget a callback enforced);
+    a finished run is reused only when it was recorded with the same tag."""
     report = reusable_report(cfg)
     record_path = Path(cfg.out) / RUN_RECORD
     if report is not None and record_path.exists():
         record = json.loads(record_path.read_text())
-        if record.get("clock") == clock:
+        if record.get("clock") == clock and record.get("tag") == tag:
             print(f"== {name}: reusing the finished run in {cfg.out}")
             return {"report": report, **record, "reused": True}
     print(f"== {name}", flush=True)
@@ -104,7 +113,7 @@ def run_or_reuse(name: str, cfg: TrainConfig, *, clock: str, progress: bool = Fa
         report = train_run(cfg, progress=progress, exist_ok=True, clock=timing.clock(clock), callbacks=callbacks)
         wall = time.perf_counter() - t0
     record = {"wall_seconds": wall, "started": started, "started_epoch": started_epoch, "load": load.stats(),
-              "torch_threads": torch.get_num_threads(), "clock": clock, "reused": False}
+              "torch_threads": torch.get_num_threads(), "clock": clock, "tag": tag, "reused": False}
     atomic_write_json(record_path, record)
     return {"report": report, **record}
 

@@ -17,8 +17,12 @@ from the device loader, as the trainer feeds it):
 
   natural          one training step on clean x: forward, CE, backward, SGD step
   teacher_forward  the frozen teacher's no-grad forward returning (logits, phi), as RRM calls it
-  rrm              one RRM step: teacher forward + student forward with phi + CE + feature
-                   loss + backward + SGD step (the trainer's sequence, rrm_fast.methods.rrm)
+  rrm              one step of the paper's RRM (--student-delta none --feature-loss auto):
+                   teacher forward + student forward with phi + CE + cosine feature loss +
+                   backward + SGD step (the trainer's sequence, rrm_fast.methods.rrm)
+  rrm_variant      one step of --method rrm's defaults, this project's variant: the batch's
+                   per-image deltas gathered, the same passes on x + delta with rel_l2, the
+                   input gradient kept and the deltas stepped and stored
   attack_pass      one PGD iteration's unavoidable work: forward of x + delta and the backward
                    to delta only (no weight gradients), Attack.input_grad
   pgd_at_k         one PGD-AT step: random start, k iterations, then the training step
@@ -26,6 +30,7 @@ from the device loader, as the trainer feeds it):
   linf_step_op     the in-place L-inf step on delta (rrm_fast.ops.linf_step_; explains the rest)
 
 Ratios:
+  rrm_variant / rrm                        what the variant adds to the paper's step.
   rrm / (natural + teacher_forward)        RRM's premise is that a step costs natural training
                                            plus one teacher forward. Acceptance on CPU: <= 1.10.
   pgd_at_k / (k * attack_pass + natural)   PGD-AT against its ideal: k forward+input-backward
@@ -59,6 +64,7 @@ from ..validation import whole_number
 from .machine import LoadSampler, describe_load, describe_machine
 from .timing import CLOCKS, check_clock, interleaved_times, per_round_median
 
+PAPER_RRM = {"student_delta": "none", "feature_loss": "auto"}  # the paper's RRM (the rrm item and its premise)
 RRM_ACCEPTANCE = 1.10  # issue 8: RRM step <= 1.10 x (natural step + teacher forward) on CPU
 
 
@@ -86,8 +92,9 @@ def demo_batch(batch_size: int, device: torch.device, channels_last: bool, seed:
     ds = ds.subset(torch.arange(min(len(ds), 4 * batch_size)))
     loader = make_loader("device", ds, batch_size, train=True, device=device, seed=seed, channels_last=channels_last)
     loader.set_epoch(0)
-    x, y = next(iter(loader))
-    return x.clone(), y.clone(), ds, source
+    loader.set_yield_index(True)  # the per-image delta of RRM's variant reads each sample's index
+    x, y, index = next(iter(loader))
+    return x.clone(), y.clone(), index, ds, source
 
 
 def train_step(method, optimizer):
@@ -100,7 +107,7 @@ def build_steps(device="cpu", batch_size: int = 128, student_arch: str = "cnn_wi
                 seed: int = 0, breakdown: bool = True) -> StepSetup:
     device = resolve_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
-    x, y, ds, source = demo_batch(batch_size, device, channels_last, seed)
+    x, y, index, ds, source = demo_batch(batch_size, device, channels_last, seed)
     c, h = ds.images.shape[1], ds.images.shape[2]
     teacher = create_model(teacher_arch, ds.num_classes, c, ds.mean, ds.std, h).to(device).eval()
     for p in teacher.parameters():
@@ -113,18 +120,20 @@ def build_steps(device="cpu", batch_size: int = 128, student_arch: str = "cnn_wi
     base = base.to(memory_format=fmt)
     teacher = teacher.to(memory_format=fmt)
 
-    def method(name, steps=7):
+    def method(name, steps=7, **options):
         student = copy.deepcopy(base).train()  # each method its own weights and optimizer state
         m = METHODS[name](student, teacher if METHODS[name].needs_teacher else None,
-                          ThreatModel("Linf", eps, alpha, steps))
+                          ThreatModel("Linf", eps, alpha, steps), **options)
         opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         return m, train_step(m, opt)
 
-    rrm_method, rrm_step = method("rrm")
+    rrm_method, rrm_step = method("rrm", **PAPER_RRM)
+    variant, variant_step = method("rrm")  # --method rrm's defaults
     _, natural_step = method("natural")
     calls = {"natural": lambda: natural_step(x, y),
              "teacher_forward": lambda: rrm_method.teacher_forward(x),
-             "rrm": lambda: rrm_step(x, y)}
+             "rrm": lambda: rrm_step(x, y),
+             "rrm_variant": lambda: variant_step(x, y, index)}
 
     # PGD: an attack on a frozen copy of the student in train mode (as PGD-AT attacks it)
     probe = copy.deepcopy(base).train()
@@ -150,6 +159,7 @@ def build_steps(device="cpu", batch_size: int = 128, student_arch: str = "cnn_wi
             "data": source, "channels_last": channels_last, "precision": "fp32", "eps": eps,
             "pgd_alpha": attack.alpha if alpha is None else alpha, "pgd_steps": list(pgd_steps),
             "feature_loss": rrm_method.feature_loss,
+            "variant": f"student_delta {variant.student_delta}, feature loss {variant.feature_loss}",
             "optimizer": "SGD lr 0.05 momentum 0.9 wd 5e-4"}
     return StepSetup(device, x, y, calls, tuple(pgd_steps), desc)
 
@@ -158,6 +168,7 @@ def ratios(med: dict, pgd_steps) -> dict:
     """The benchmark's ratios from per-item median seconds (see the module docstring)."""
     out = {"rrm_vs_natural_plus_teacher": rrm_overhead(med),
            "rrm_vs_natural": med["rrm"] / med["natural"],
+           "rrm_variant_vs_rrm": med["rrm_variant"] / med["rrm"],
            "teacher_forward_vs_natural": med["teacher_forward"] / med["natural"]}
     for k in pgd_steps:
         ideal = k * med["attack_pass"] + med["natural"]
@@ -191,6 +202,7 @@ def run_steps(device="cpu", reps: int = 20, warmup: int = 3, clock: str = "wall"
     med = {k: statistics.median(v) for k, v in times.items()}
     rat = ratios(med, setup.pgd_steps)
     rat["rrm_vs_natural_plus_teacher_per_round_median"] = per_round_median(times, rrm_overhead)
+    rat["rrm_variant_vs_rrm_per_round_median"] = per_round_median(times, lambda t: t["rrm_variant"] / t["rrm"])
     for k in setup.pgd_steps:
         rat[f"pgd_at_{k}_vs_ideal_per_round_median"] = per_round_median(times, lambda t: pgd_vs_ideal(t, k))
     return {"machine": describe_machine(setup.device), "load": load.stats(), "setup": setup.description,
@@ -222,7 +234,11 @@ def render_markdown(res: dict, command: str) -> str:
               f"natural training plus one teacher forward; acceptance <= {res['rrm_acceptance']:.2f}: **{ok}** |",
               f"| same, median of per-round ratios | {rat['rrm_vs_natural_plus_teacher_per_round_median']:.3f} | "
               "check against load drift between items |",
-              f"| teacher_forward / natural | {rat['teacher_forward_vs_natural']:.3f} | the teacher's share |"]
+              f"| teacher_forward / natural | {rat['teacher_forward_vs_natural']:.3f} | the teacher's share |",
+              f"| rrm_variant / rrm | {rat['rrm_variant_vs_rrm']:.3f} | this project's RRM variant ({s['variant']}) "
+              "against the paper's step |",
+              f"| same, median of per-round ratios | {rat['rrm_variant_vs_rrm_per_round_median']:.3f} | "
+              "check against load drift between items |"]
     for k in s["pgd_steps"]:
         lines.append(f"| pgd_at_{k} / ({k} x attack_pass + natural) | {rat[f'pgd_at_{k}_vs_ideal']:.3f} | PGD-{k} AT "
                      "step against its ideal (only the unavoidable passes) |")

@@ -188,6 +188,10 @@ class DaliLoader(EpochLoader):
                     y = self._to_torch(outputs[1], torch.int64).reshape(-1)[:count]
                 else:
                     y = self.labels.index_select(0, idx_device[sl])
-                yield x, y
+                if self.yield_index:
+                    yield x, y, plan.sample_index(b, dataset_size=len(self.dataset), pad=self.pad, device=self.device,
+                                                  resized=self.folder and self.train)
+                else:
+                    yield x, y
         finally:
             del pipe

@@ -104,11 +104,11 @@ class DeviceLoader(EpochLoader):
             self.windows, self.store = None, images.contiguous()
         self.labels = ds.labels.to(self.device)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         start, self._start_batch = self._start_batch, 0
         return self._batches(self.plan(), start)
 
-    def _batches(self, plan: EpochPlan, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, plan: EpochPlan, start: int) -> Iterator[tuple]:
         # One host->device copy of the epoch's indices and draws; batches are then slices of them.
         idx_all = plan.indices.to(self.device)
         augment = plan.offset_y is not None
@@ -124,4 +124,6 @@ class DeviceLoader(EpochLoader):
                 else:
                     raw = self.store.index_select(0, idx)
                 batch = to_float_batch(raw, self.channels_last), self.labels.index_select(0, idx)
+            if self.yield_index:
+                batch += (plan.sample_index(b, dataset_size=len(self.dataset), pad=self.pad, device=self.device),)
             yield batch

@@ -77,6 +77,36 @@ class EpochPlan:
     def batch_slice(self, b: int) -> slice:
         return slice(b * self.batch_size, min((b + 1) * self.batch_size, self.indices.numel()))
 
+    def sample_index(self, b: int, *, dataset_size: int, pad: int, device, resized: bool = False) -> "SampleIndex":
+        """Batch ``b``'s samples: their dataset indices and augmentation draws, on ``device``."""
+        sl = self.batch_slice(b)
+        draws = [None if t is None else t[sl].to(device) for t in (self.offset_y, self.offset_x, self.flip)]
+        return SampleIndex(self.indices[sl].to(device), dataset_size, pad, *draws, resized=resized)
+
+
+@dataclass
+class SampleIndex:
+    """Which dataset samples a training batch holds and how each was augmented, for a method
+    that keeps per-sample state (``Method.needs_sample_index``; RRM's per-image delta).
+
+    ``index``: (B,) int64 positions in the loader's dataset (under DDP: in the whole training
+    set, the same numbering on every rank). Array data: sample i of the batch is the image
+    zero-padded by ``pad`` pixels, cropped at (offset_y[i], offset_x[i]) and mirrored where
+    flip[i] - output pixel (r, c) is padded pixel (oy + r, ox + c), or (oy + r, ox + W-1-c)
+    when flipped; the offsets are None without augmentation. ``resized``: folder data, whose
+    random-resized crops no per-pixel map inverts."""
+    index: torch.Tensor
+    dataset_size: int
+    pad: int = 0
+    offset_y: torch.Tensor | None = None
+    offset_x: torch.Tensor | None = None
+    flip: torch.Tensor | None = None
+    resized: bool = False
+
+    @property
+    def augmented(self) -> bool:
+        return self.offset_y is not None
+
 
 def count_batches(n_rank: int, batch_size: int, drop_last: bool) -> int:
     return n_rank // batch_size if drop_last else math.ceil(n_rank / batch_size)
@@ -134,6 +164,7 @@ class EpochLoader:
         self.seed, self.drop_last = int(seed), drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch, self._start_batch = 0, 0
+        self.yield_index = False
 
     def __len__(self) -> int:
         return self._num_batches
@@ -145,6 +176,11 @@ class EpochLoader:
         if not 0 <= batch <= self._num_batches:
             raise ValueError(f"start batch must be in [0, {self._num_batches}], got {batch}")
         self._start_batch = int(batch)
+
+    def set_yield_index(self, flag: bool) -> None:
+        """With True, batches are (x, y, SampleIndex) instead of (x, y): asked by the trainer
+        for a method that declares ``needs_sample_index``."""
+        self.yield_index = bool(flag)
 
     def plan(self) -> EpochPlan:
         return plan_epoch(len(self.dataset), self.batch_size, train=self.train, seed=self.seed, epoch=self.epoch,

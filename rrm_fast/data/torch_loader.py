@@ -121,14 +121,15 @@ class TorchLoader(EpochLoader):
                                  # generator rather than the global torch RNG (the items carry all randomness).
                                  generator=torch.Generator().manual_seed(derive_seed("workers", self.seed, rank)))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         # The sampler reads the plan when the DataLoader starts iterating, i.e. right here.
         self._active_plan, self._active_start = self.plan(), self._start_batch
         self._start_batch = 0
         return self._batches(iter(self.loader))
 
-    def _batches(self, it) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, it) -> Iterator[tuple]:
         non_blocking = self.device.type == "cuda"
+        plan, b = self._active_plan, self._active_start  # the sampler yields the plan's batches in order
         while True:
             try:
                 images, labels = next(it)
@@ -140,4 +141,9 @@ class TorchLoader(EpochLoader):
             labels = torch.as_tensor(labels).to(self.device, non_blocking=non_blocking)
             with single_intraop_thread(self.device.type == "cpu"):  # same conversion cost as the device loader
                 x = to_float_batch(images, self.channels_last)
-            yield x, labels
+            if self.yield_index:
+                yield x, labels, plan.sample_index(b, dataset_size=len(self.dataset), pad=self.pad, device=self.device,
+                                                   resized=self.folder and self.train)
+            else:
+                yield x, labels
+            b += 1

@@ -4,7 +4,9 @@ A method is one small class with one loss. The trainer calls, per minibatch,
 ``for _ in range(method.replays): out = method.loss(x, y); backward; method.after_backward(); step``.
 A method declares what it needs, so the trainer never asks for a method by name:
 ``needs_teacher`` (load a frozen teacher; ``check_teacher`` is the one check),
-``teacher_outputs`` ({"logits"}, {"features"}), ``default_schedule`` (the learning-rate
+``teacher_outputs`` ({"logits"}, {"features"}), ``needs_sample_index`` (the loaders then hand
+``loss`` each sample's dataset index and augmentation: data.SampleIndex; it may be set per
+instance from the options), ``default_schedule`` (the learning-rate
 schedule of ``--schedule auto``), ``early_stop`` (a stopping policy such as
 ``RobustDropStop``) and ``compile_conflict()`` (why ``--compile`` cannot run it, if so).
 Method-specific options are declared in ``options`` and become CLI flags / config keys.
@@ -85,6 +87,7 @@ class Method:
     teacher_outputs: frozenset = frozenset()
     adversarial = False                 # trains on attacked inputs (used by reports)
     replays = 1                         # Free AT replays each minibatch
+    needs_sample_index = False          # loss(x, y, index=SampleIndex): per-sample state (RRM's per-image delta)
     default_schedule = "cosine"         # the learning-rate schedule --schedule auto picks
     early_stop: RobustDropStop | None = None
     options: dict[str, Option] = {}
@@ -115,6 +118,12 @@ class Method:
     def compile_conflict_with(cls, options: dict) -> str | None:
         """``compile_conflict`` from option values alone (every option given), so the trainer can ask
         before it builds anything."""
+        return None
+
+    @classmethod
+    def data_conflict_with(cls, options: dict, ds, norm: str) -> str | None:
+        """Why this method with these option values (every option given) cannot train on the
+        training set ``ds`` under ``norm``, or None; asked before anything is built (preflight)."""
         return None
 
     def attack(self, steps=None, **kw) -> PGD:

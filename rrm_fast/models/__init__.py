@@ -4,8 +4,8 @@ features: ``model(x, return_features=True) -> (logits, phi)``, ``model.features(
 from __future__ import annotations
 
 from .base import FeatureClassifier, Normalize
-from .cnn import cnn_small, cnn_wide
-from .resnet import preact_resnet18, resnet18, resnet50
+from .cnn import cnn_small, cnn_wide, cnn_wide256
+from .resnet import preact_resnet18, resnet18, resnet50, resnet_small
 from .tap import FeatureTap
 from .vgg import vgg11, vgg16
 from .wrn import wrn34_10
@@ -13,6 +13,8 @@ from .wrn import wrn34_10
 ARCHS = {
     "cnn_small": cnn_small,
     "cnn_wide": cnn_wide,
+    "cnn_wide256": cnn_wide256,
+    "resnet_small": resnet_small,
     "preact_resnet18": preact_resnet18,
     "resnet18": resnet18,
     "resnet50": resnet50,

@@ -30,3 +30,9 @@ def cnn_small(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), image_size
 
 def cnn_wide(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), image_size=28):
     return FeatureClassifier(_cnn(in_channels, (64, 128), 128, image_size), 128, num_classes, mean, std)
+
+
+def cnn_wide256(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), image_size=28):
+    """cnn_wide with a 256-d phi: against the demo's 128-d teacher, RRM adds its learned
+    256 -> 128 projection (the transfer study's phi-width lever)."""
+    return FeatureClassifier(_cnn(in_channels, (64, 128), 256, image_size), 256, num_classes, mean, std)

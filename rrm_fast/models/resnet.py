@@ -1,5 +1,6 @@
 """ResNet-18/50 and PreActResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool),
-as used by the RRM, Fast AT and RSLAD papers for 32x32 inputs."""
+as used by the RRM, Fast AT and RSLAD papers for 32x32 inputs; and resnet_small, three
+BasicBlocks for 28x28 inputs on a CPU."""
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -67,17 +68,17 @@ class PreActBlock(nn.Module):
 
 
 class ResNetBackbone(nn.Module):
-    def __init__(self, block, num_blocks, in_channels=3, preact=False):
+    def __init__(self, block, num_blocks, in_channels=3, preact=False, widths=(64, 128, 256, 512)):
         super().__init__()
-        self.cin = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.cin = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.preact = preact
         self.layers = nn.Sequential(*[
             self._make_layer(block, planes, n, stride)
-            for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2))
+            for planes, n, stride in zip(widths, num_blocks, (1, 2, 2, 2))
         ])
-        self.out_dim = 512 * block.expansion
+        self.out_dim = widths[-1] * block.expansion
         # PreAct nets end with BN+ReLU before pooling; post-act nets apply BN+ReLU to the stem.
         self.final_bn = nn.BatchNorm2d(self.out_dim) if preact else None
 
@@ -98,8 +99,8 @@ class ResNetBackbone(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-def _resnet(block, blocks, preact, num_classes, in_channels, mean, std):
-    bb = ResNetBackbone(block, blocks, in_channels, preact)
+def _resnet(block, blocks, preact, num_classes, in_channels, mean, std, widths=(64, 128, 256, 512)):
+    bb = ResNetBackbone(block, blocks, in_channels, preact, widths)
     if preact:
         del bb.bn1  # PreAct stem has no BN after the first conv
     return FeatureClassifier(bb, bb.out_dim, num_classes, mean, std)
@@ -115,3 +116,10 @@ def resnet50(num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, **_
 
 def preact_resnet18(num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3, **_):
     return _resnet(PreActBlock, (2, 2, 2, 2), True, num_classes, in_channels, mean, std)
+
+
+def resnet_small(num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,), **_):
+    """A small residual net for 28x28 inputs (the transfer study's second student): a 32-wide
+    stem and one BasicBlock per stage at widths 32, 64, 128 (strides 1, 2, 2), so phi is 128-d
+    like the demo teacher's; about twice cnn_wide's compute, with BatchNorm."""
+    return _resnet(BasicBlock, (1, 1, 1), False, num_classes, in_channels, mean, std, widths=(32, 64, 128))

@@ -29,6 +29,7 @@ from ..runtime import check_device_name
 from ..validation import Range, check_value, describe, read_mapping
 
 SCHEDULES = ("auto", "cosine", "cyclic", "constant")
+AUGMENTS = ("auto", "none", "crop", "flip", "crop+flip")
 COUNT, NON_NEGATIVE = Range(ge=1), Range(ge=0)  # sizes and intervals; weights, rates, radii
 REPEATS = Range(ge=1, le=100_000)  # epochs, steps, restarts: beyond this a typo, not a plan
 
@@ -61,6 +62,9 @@ class TrainConfig:
     data_dir: str | None = _field(None, "the dataset's folder")
     resolution: int | None = _field(None, "side of the square images of a folder dataset (224 when not given)",
                                    bounds=Range(ge=1, le=8192))
+    augment: Literal[AUGMENTS] = _field("auto", "train-time augmentation, the same for a teacher trained here: auto = the "
+                                                "dataset's own (CIFAR crop+flip, Fashion-MNIST none); crop = zero-pad and "
+                                                "crop back (the dataset's padding, else 2 pixels); flip = mirror half")
     epochs: int = _field(2, "training epochs", bounds=REPEATS)
     batch_size: int = _field(128, "the GLOBAL batch: under torchrun each of N processes takes batch-size / N",
                              bounds=COUNT)

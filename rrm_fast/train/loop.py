@@ -3,7 +3,8 @@
     trainer = Trainer(method, optimizer, scheduler=scheduler, callbacks=[...], clock=time.perf_counter)
     trainer.fit(loader, epochs)          # or trainer.step(x, y) for one minibatch (the benchmarks)
 
-A step is ``method.replays`` times: the method's loss under the run's precision, backward
+A step is ``method.replays`` times: the method's loss under the run's precision (given the
+batch's sample indices when the method declares ``needs_sample_index``), backward
 (the DDP wrapper, if any, all-reduces the weight gradients), ``method.after_backward()``,
 the optimizer and scheduler steps. An epoch runs the loader's batches from where the run
 stands (``Progress``), times itself with the injected clock (the time of training-state
@@ -124,11 +125,13 @@ class Trainer:
         self._t0 = 0.0
 
     # ------------------------------------------------------------------ the step
-    def step(self, x, y):
-        """One minibatch: ``method.replays`` optimizer steps. Returns the last StepOutput."""
+    def step(self, x, y, index=None):
+        """One minibatch: ``method.replays`` optimizer steps. Returns the last StepOutput.
+        ``index``: the batch's data.SampleIndex, for a method that declares ``needs_sample_index``."""
+        kw = {} if index is None else {"index": index}
         for _ in range(self.method.replays):
             with self.precision.autocast():
-                res = self.method.loss(x, y)
+                res = self.method.loss(x, y, **kw)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(res.loss).backward()
             self.method.after_backward()
@@ -153,11 +156,12 @@ class Trainer:
         epoch = p.epoch
         loader.set_epoch(epoch)
         loader.set_start_batch(p.batch)
+        loader.set_yield_index(self.method.needs_sample_index)
         self.student.train()
         self.emit("on_epoch_start", epoch, epochs)
         self._t0 = self.clock()
-        for x, y in loader:
-            res = self.step(x, y)
+        for x, y, *index in loader:  # (x, y, SampleIndex) when the method asked for indices
+            res = self.step(x, y, *index)
             self.sums.add(res, y)
             p.batch += 1
             p.global_step += 1

@@ -3,7 +3,8 @@
 train_run calls ``preflight`` after the configuration is validated (config.validate_config)
 and the output directory is checked (state.open_run), with the train split loaded, and
 before a teacher is trained or a file is written, so a run that fails here leaves nothing
-behind and the same --out works on the next try. Errors: an architecture whose feature map
+behind and the same --out works on the next try. Errors: a method that cannot train on this
+data (Method.data_conflict_with: RRM's per-image delta on folder data), an architecture whose feature map
 shrinks to nothing at the dataset's resolution (the student, an architecture-named teacher,
 --teacher-arch, a teacher checkpoint's own model), a teacher checkpoint for other inputs.
 Warnings, for settings that run but are likely mistakes: eps beyond the pixel range, lr 0,
@@ -32,8 +33,15 @@ def preflight(cfg: TrainConfig, full_train, *, speak: bool = True) -> None:
         raise ValueError(f"--monitor-size {cfg.monitor_size} must be less than {cfg.dataset}'s {len(full_train)} training "
                          "images (they are held out of training for the per-epoch check); lower it")
     method = METHODS[cfg.method]
-    conflict = method.compile_conflict_with({**{k: o.default for k, o in method.options.items()}, **cfg.method_options})
+    options = {**{k: o.default for k, o in method.options.items()}, **cfg.method_options}
+    conflict = method.compile_conflict_with(options)
     if cfg.compile and conflict:
+        raise ValueError(conflict)
+    if cfg.augment != "auto" and getattr(full_train, "images", None) is None:
+        raise ValueError(f"--augment {cfg.augment}: {cfg.dataset} is a folder dataset with its own random-resized crops "
+                         "and flips; drop --augment (auto)")
+    conflict = method.data_conflict_with(options, full_train, cfg.norm)
+    if conflict:
         raise ValueError(conflict)
     for flag, arch in models_to_check(cfg):
         check_architecture(flag, arch, cfg.dataset, c, h, speak=speak)

@@ -106,11 +106,21 @@ class Data:
     loader: object
 
 
-def load_data(cfg: TrainConfig, ctx, device, full_train) -> Data:
-    """The train split minus a seeded held-out slice (for the per-epoch check), and its loader."""
+def split_train(cfg: TrainConfig, full_train) -> tuple:
+    """(training images with the run's augmentation, the held-out slice of the TRAIN split that
+    the per-epoch check and the benchmarks' choices use): a function of the config alone."""
     if cfg.train_size:
         full_train = full_train.subset(torch.arange(min(cfg.train_size + cfg.monitor_size, len(full_train))))
     train_ds, monitor_ds = split_holdout(full_train, cfg.monitor_size, seed=cfg.seed)
+    if cfg.augment != "auto":  # in-memory data only (preflight)
+        train_ds = dataclasses.replace(train_ds, pad=(train_ds.pad or 2) if "crop" in cfg.augment else 0,
+                                       flip="flip" in cfg.augment)
+    return train_ds, monitor_ds
+
+
+def load_data(cfg: TrainConfig, ctx, device, full_train) -> Data:
+    """The train split minus a seeded held-out slice (for the per-epoch check), and its loader."""
+    train_ds, monitor_ds = split_train(cfg, full_train)
     loader = make_loader(cfg.loader, train_ds, cfg.batch_size // ctx.world_size, train=True, device=device,
                          seed=cfg.seed, drop_last=False, channels_last=cfg.channels_last, rank=ctx.rank,
                          world_size=ctx.world_size)

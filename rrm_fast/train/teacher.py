@@ -27,7 +27,7 @@ log = logging.getLogger("rrm_fast.train")
 # The settings a cached teacher is keyed by (bookkeeping such as --out or --checkpoint-every is not).
 TEACHER_KEYS = ("method", "student", "dataset", "data_dir", "epochs", "batch_size", "lr", "momentum", "weight_decay",
                 "schedule", "eps", "norm", "alpha", "attack_steps", "seed", "train_size", "monitor_size",
-                "method_options", "amp", "channels_last", "resolution")
+                "method_options", "amp", "channels_last", "resolution", "augment")
 
 
 def cache_dir() -> Path:
@@ -38,6 +38,8 @@ def config_hash(cfg: TrainConfig, keys=TEACHER_KEYS) -> str:
     values = {k: getattr(cfg, k) for k in keys}
     if values.get("resolution") is None:
         values.pop("resolution", None)  # added later: keys of teachers cached before it stay valid
+    if values.get("augment") == "auto":
+        values.pop("augment", None)  # likewise
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
