@@ -1,10 +1,11 @@
-"""python -m rrm_fast.bench {claims,steps,compare,transfer} [options]
+"""python -m rrm_fast.bench {claims,steps,compare,transfer,attacks} [options]
 
   claims   train PGD-AT, Fast AT, Free AT and RRM (and peers) on one task; robust accuracy
            against wall-clock time, test-split figures, and the speed-up claims as ratios
   steps    median time of one training step per method, measured round-robin in one run
   compare  every method on one task at the same epoch budget (rrm_fast.bench.compare)
   transfer RRM variants, one lever per row, on the held-out training slice (rrm_fast.bench.transfer)
+  attacks  this project's attacks next to torchattacks' on the same model and images (rrm_fast.bench.attacks)
 
 `python -m rrm_fast.bench COMMAND --help` for each command's options.
 """
