@@ -362,7 +362,7 @@ def cache(tmp_path_factory):
 def test_each_peer_method_trains_end_to_end(name, cache, tmp_path):
     teacher = "cnn_small" if METHODS[name].needs_teacher else None
     rep = train_run(TrainConfig(method=name, teacher=teacher, out=str(tmp_path), **SMALL), progress=False)
-    assert rep["method"] == name and rep["test"]["n"] == SMALL["test_size"] and rep["test"]["attack"] == "PGD-2"
+    assert rep["method"] == name and rep["test"]["n"] == SMALL["test_size"] and rep["test"]["attack"] == "worst of APGD-CE-2, APGD-T-2x3"
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["loss"]) and row["images_per_second"] > 0
     if teacher:
