@@ -257,6 +257,11 @@ def test_the_demo_attacks_the_teacher_exactly_as_the_student_and_keeps_the_figur
     assert checkpoint_figures(other, str(ckpt), "cpu", progress=False)["test"]["attack"] == "worst of PGD-3-CE, PGD-3-CW"
     assert len(list(work.glob("test-eval-*.json"))) == 2
 
+    # a checkpoint whose own run measured it with these settings is not attacked again
+    own = checkpoint_figures(TrainConfig(method="rrm", **SMALL), teacher_ckpt, "cpu", progress=False)
+    assert own["test"] == json.loads((Path(teacher_ckpt).parent / "report.json").read_text())["test"]
+    assert not list(Path(teacher_ckpt).parent.glob("test-eval-*.json"))
+
     t_rep = {"student": "cnn_small", "method": "fast_at", "train_seconds": 10.0, "images_per_second": 100.0,
              "test": {"n": 1000, "clean_acc": 0.85, "robust_acc": 0.70, "attack": "worst of A, B", "warnings": []},
              "test_standard": {"n": 200, "robust_acc": 0.69, "attack": "S"}}

@@ -85,12 +85,28 @@ def checkpoint_figures(cfg, checkpoint: str, device, progress: bool) -> dict:
     kept = Path(checkpoint).with_name(f"test-eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
     if kept.exists():
         return json.loads(kept.read_text())
+    own = own_figures(Path(checkpoint), cfg)
+    if own is not None:  # the checkpoint's own run measured it with these very settings
+        return own
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check, ds = RobustnessCheck(cfg, None, device), test_split(cfg, warn=False)
     figures = {"test": check.test(model, ds, progress), "test_standard": check.standard(model, ds, progress)}
     atomic_write_json(kept, figures)
     return figures
+
+
+def own_figures(checkpoint: Path, cfg) -> dict | None:
+    """The figures of the run that wrote ``checkpoint`` (its report.json), if that run's
+    evaluation settings (config.json) are ``cfg``'s."""
+    report, config = checkpoint.with_name("report.json"), checkpoint.with_name("config.json")
+    if checkpoint.name != "final.safetensors" or not (report.exists() and config.exists()):
+        return None
+    ran = json.loads(config.read_text())
+    if any(ran.get(k) != getattr(cfg, k) for k in EVAL_KEYS):
+        return None
+    rep = json.loads(report.read_text())
+    return {"test": rep["test"], "test_standard": rep.get("test_standard")}
 
 
 def summed_over_ranks(res: dict, group) -> dict:
