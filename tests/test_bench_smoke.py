@@ -55,7 +55,7 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     md = (out / "claims.md").read_text()
     assert "## Claims" in md and "claims.png" in md and ("holds" in md or "DOES NOT HOLD" in md)
     assert f"test robust % ({PAIR}) | standard (first 8) % |" in md and f"robust accuracy under {MONITOR}" in md
-    assert "`--eval-attacks apgd-ce+t`" in md and "PGD-20" not in md and "CE-only" not in md
+    assert "`--eval-attacks apgd-ce+t`" in md and "PGD-20" not in md and "**CE-only figures.**" not in md
     assert (out / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second invocation with the same settings reuses every finished run and says so
@@ -87,7 +87,7 @@ def test_claims_tables_name_the_attacks_of_the_reports_and_old_results_still_ren
     md = claims_report.render_markdown(new)
     assert f"test robust % ({PAIR}) | standard (first 500) % |" in md and f"robust accuracy under {MONITOR}" in md
     assert "| teacher (fast_at cnn_small) |" in md and "| 65.70 | 40.00 | - | - |" in md  # the teacher's standard cell
-    assert f"- RRM: {warning}" in md and "PGD-20" not in md and "CE-only" not in md
+    assert f"- RRM: {warning}" in md and "PGD-20" not in md and "**CE-only figures.**" not in md
     assert f"### Final models, test split (robust accuracy under {PAIR})" in md
     new["settings"]["eval_attacks"] = "pgd-ce"
     for r in [new["teacher"], *new["rows"].values()]:
@@ -110,7 +110,7 @@ def test_compare_tables_name_the_attacks_and_old_results_still_render():
     md = compare.render_markdown(res)
     assert md.count(f"| robust % ({PAIR} (Linf eps=0.1)) | standard (first 200) % |") == 2  # methods and teachers
     assert "| rrm | fast_at cnn_small | 70.30 | 47.40 | 25.00 |" in md and f"check under {MONITOR}" in md
-    assert f"- rrm: {warning}" in md and "CE-only" not in md and "the first 200 of those 1000 test images" in md
+    assert f"- rrm: {warning}" in md and "**CE-only figures.**" not in md and "the first 200 of those 1000 test images" in md
 
 
 def test_the_clock_switch():
@@ -190,8 +190,8 @@ def test_steps_small_batch_report(tmp_path):
     out = tmp_path / "steps.md"
     assert steps.main(["--reps", "2", "--warmup", "1", "--batch-size", "8", "--pgd-steps", "2", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
-    assert set(res["median_s"]) == {"natural", "teacher_forward", "rrm", "attack_pass", "pgd_at_2", "no_grad_forward",
-                                    "linf_step_op"}
+    assert set(res["median_s"]) == {"natural", "teacher_forward", "rrm", "rrm_variant", "attack_pass", "pgd_at_2",
+                                    "no_grad_forward", "linf_step_op"}
     assert all(len(v) == 2 for v in res["times_s"].values())
     assert res["ratios"]["rrm_vs_natural_plus_teacher"] > 0 and res["ratios"]["pgd_at_2_vs_ideal"] > 0
     assert "rrm / (natural + teacher_forward)" in out.read_text()

@@ -405,7 +405,7 @@ def test_compare_command_writes_the_table_and_resumes(cache, tmp_path, capsys):
     assert kd_report["test"]["attack"] == "worst of APGD-CE-2, APGD-T-2x3" and kd_report["test_standard"]["n"] == 6
     assert f"{100 * kd_report['test_standard']['robust_acc']:.2f} |" in md
     assert "| robust % (worst of APGD-CE-2, APGD-T-2x3 (Linf eps=0.1)) | standard (first 6) % |" in md
-    assert res["teachers"][0]["standard"]["n"] == 6 and "CE-only" not in md
+    assert res["teachers"][0]["standard"]["n"] == 6 and "**CE-only figures.**" not in md
     capsys.readouterr()
     # a second call with the same settings reuses the finished runs instead of training again
     assert compare.main(argv) == 0
