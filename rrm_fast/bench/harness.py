@@ -1,5 +1,6 @@
 """What the training benchmarks share (``claims`` and ``compare``): budgets, method selection,
-training each method once through the one trainer (or reusing a finished run), the clock
+the trainer's evaluation flags (the honest pair by default, the standard suite on a stated
+subset), training each method once through the one trainer (or reusing a finished run), the clock
 the epochs are timed with, and the machine and load the runs saw.
 
 A run is reused when its directory holds a report.json written with exactly the same
@@ -66,7 +67,11 @@ def add_eval_arguments(p: argparse.ArgumentParser, full: dict, quick: dict) -> N
                    help=f"attack steps of the held-out curve points (default {cfg.monitor_steps})")
     for key, words in EVAL_BUDGET_HELP.items():
         p.add_argument("--" + key.replace("_", "-"), type=whole_number, default=None,
-                       help=f"{words}; default {full[key]} ({quick[key]} with --quick)")
+                       help=f"{words}; default {_shown(full[key])} ({_shown(quick[key])} with --quick)")
+
+
+def _shown(value) -> str:
+    return "the set's" if value is None else str(value)
 
 
 def eval_settings(args) -> dict:
