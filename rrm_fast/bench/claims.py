@@ -1,6 +1,6 @@
 """The claims harness: robust accuracy against wall-clock training time, and the speed-up claims.
 
-    python -m rrm_fast.bench claims --quick                          # a short version (<= 20 min on 2 CPU cores)
+    python -m rrm_fast.bench claims --quick                          # a short version (a pipeline check)
     python -m rrm_fast.bench claims --threads 1                      # the recorded run -> benchmarks/results/claims_cpu
     python -m rrm_fast.bench claims --methods all                    # + the peer methods (KD, KDIGA, ARD, RSLAD, TRADES)
     python -m rrm_fast.bench claims --threads 1 --equal-time         # + every method at PGD-AT's training time
