@@ -241,6 +241,11 @@ CASES = {
                                                       "--runs-dir", "{t}/runs"], "{s}/notes.txt is not a directory"),
     "bench claims --threads 0": Case("bench", ["claims", "--threads", "0", "--methods", "natural", "--out", "{t}/o"],
                                      "--threads must be >= 1 (got 0)"),
+    "bench claims --standard-queries 0": Case("bench", ["claims", "--standard-queries", "0", "--methods", "natural",
+                                                     "--out", "{t}/o", "--runs-dir", "{t}/runs"],
+                                            "--standard-queries must be >= 1 (got 0)"),
+    "bench compare --eval-attacks typo": Case("bench", ["compare", "--eval-attacks", "apgd", "--out", "{t}/o"],
+                                              "argument --eval-attacks: invalid choice: 'apgd'"),
     "bench steps --device banana": Case("bench", ["steps", "--device", "banana"], "--device 'banana' is not a device"),
     "bench steps --reps 1.5": Case("bench", ["steps", "--reps", "1.5"], "argument --reps: invalid whole number value"),
     # ---------------------------------------------------------------- warnings: the run goes on

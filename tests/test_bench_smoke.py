@@ -2,19 +2,24 @@
 ``python -m rrm_fast.bench claims`` end to end (a few hundred images, one epoch) writing its
 JSON, Markdown and PNG; the claim verdicts on hand-made curves; ``steps`` on a small batch;
 and the command dispatch."""
+import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from rrm_fast.bench import claims, harness, steps, timing
+from rrm_fast.bench import claims, claims_report, compare, harness, steps, timing
 from rrm_fast.bench.__main__ import main as bench_main
 from rrm_fast.bench.timing import interleaved_times, per_round_median
 
 TINY = ["--train-size", "256", "--monitor-size", "64", "--test-size", "64", "--epochs", "1", "--teacher-epochs", "1",
-        "--attack-steps", "2", "--monitor-steps", "2", "--eval-steps", "3"]
+        "--attack-steps", "2", "--monitor-steps", "2", "--eval-steps", "2", "--standard-size", "8",
+        "--standard-queries", "10"]
+PAIR, MONITOR = "worst of APGD-CE-2, APGD-T-2x3", "worst of PGD-2-CE, PGD-2-DLR"  # TINY's attacks, as reports name them
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 @pytest.mark.slow
@@ -28,9 +33,13 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     res = json.loads((out / "claims.json").read_text())
     assert res["settings"]["clock"] == "thread" and res["machine"]["torch_threads"] == 1
     assert res["method_order"] == ["pgd_at", "fast_at", "free_at", "rrm"] and set(res["rows"]) == set(res["method_order"])
-    for r in res["rows"].values():
-        assert r["curve"] and r["test"]["n"] == 64 and r["test"]["attack"] == "PGD-3" and r["train_seconds"] > 0
+    for r in res["rows"].values():  # the trainer's honest defaults, at TINY's steps
+        assert r["curve"] and r["test"]["n"] == 64 and r["test"]["attack"] == PAIR and r["train_seconds"] > 0
+        assert r["test"]["attack_set"] == "apgd-ce+t" and {p["attack"] for p in r["curve"]} == {MONITOR}
+        assert r["test_standard"]["n"] == 8 and r["test_standard"]["attack"].startswith("APGD-CE-100 -> APGD-T-100x9")
     assert res["teacher"]["trained_in_this_session"] and res["teacher"]["train_seconds"] > 0
+    # the teacher is attacked exactly as the students
+    assert res["teacher"]["test"]["attack"] == PAIR and res["teacher"]["test_standard"]["n"] == 8
     cl = res["claims"]
     assert 0 <= cl["target"] <= 1
     assert {(c["baseline"], c["teacher_included"]) for c in cl["test"]} == {
@@ -45,6 +54,8 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
         assert c["holds"] == (acc_ok and bound), c
     md = (out / "claims.md").read_text()
     assert "## Claims" in md and "claims.png" in md and ("holds" in md or "DOES NOT HOLD" in md)
+    assert f"test robust % ({PAIR}) | standard (first 8) % |" in md and f"robust accuracy under {MONITOR}" in md
+    assert "`--eval-attacks apgd-ce+t`" in md and "PGD-20" not in md and "**CE-only figures.**" not in md
     assert (out / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second invocation with the same settings reuses every finished run and says so
@@ -52,6 +63,54 @@ def test_claims_end_to_end_writes_json_table_and_plot(tmp_path):
     res2 = json.loads((out / "claims.json").read_text())
     assert all(r["reused"] for r in res2["rows"].values())
     assert "reusing the finished runs of an earlier invocation" in (out / "claims.md").read_text()
+
+
+def test_claims_tables_name_the_attacks_of_the_reports_and_old_results_still_render():
+    """Rendering only, from results files: the committed claims.json (CE-only PGD-20, made before
+    the honest default) renders and says what its figures are; the same results with honest
+    reports name those reports' attacks, carry the standard column and list each CE-vs-margin
+    warning with its numbers; a --eval-attacks pgd-ce run is called CE-only."""
+    old = json.loads((RESULTS / "claims_cpu" / "claims.json").read_text())
+    md = claims_report.render_markdown(copy.deepcopy(old))
+    assert "test robust % (PGD-20) | standard % |" in md and "robust accuracy under PGD-10 on the held-out" in md
+    assert "**CE-only figures.** The test figures and the held-out curves" in md and "predate that default" in md
+    assert "was not run for these results" in md
+
+    new = copy.deepcopy(old)
+    new["settings"].update(eval_attacks="apgd-ce+t", monitor_attacks="pgd-ce+dlr")
+    warning = "APGD-CE-50 61.00%, APGD-T-50x3 52.00% on the same 200 samples -- the margin attack finds 9.0 points more"
+    for i, r in enumerate([new["teacher"], *new["rows"].values()]):
+        r["test"] = {**r["test"], "attack": PAIR, "attack_set": "apgd-ce+t", "warnings": [warning] if i == 4 else []}
+        r["test_standard"] = {"n": 500, "robust_acc": 0.4 + i / 100, "attack": "APGD-CE-100 -> APGD-T-100x9 -> Square-5000"}
+        for p in r["curve"]:
+            p["attack"] = MONITOR
+    md = claims_report.render_markdown(new)
+    assert f"test robust % ({PAIR}) | standard (first 500) % |" in md and f"robust accuracy under {MONITOR}" in md
+    assert "| teacher (fast_at cnn_small) |" in md and "| 65.70 | 40.00 | - | - |" in md  # the teacher's standard cell
+    assert f"- RRM: {warning}" in md and "PGD-20" not in md and "**CE-only figures.**" not in md
+    assert f"### Final models, test split (robust accuracy under {PAIR})" in md
+    new["settings"]["eval_attacks"] = "pgd-ce"
+    for r in [new["teacher"], *new["rows"].values()]:
+        r["test"].update(attack="PGD-20", attack_set="pgd-ce")
+    md = claims_report.render_markdown(new)
+    assert "**CE-only figures.** The test figures come" in md and "predate" not in md
+
+
+def test_compare_tables_name_the_attacks_and_old_results_still_render():
+    for name in ("method_comparison_fmnist.json", "method_comparison_fmnist_teacher_head.json"):
+        md = compare.render_markdown(json.loads((RESULTS / name).read_text()))
+        assert "| robust % (PGD-20 x1 (Linf eps=0.1)) | standard % |" in md and "This table predates that default" in md
+    res = json.loads((RESULTS / "method_comparison_fmnist.json").read_text())
+    res["settings"]["eval_attacks"] = "apgd-ce+t"
+    warning = "PGD-2-CE 50.00%, PGD-2-DLR 40.00% on the same 10 samples -- the margin attack finds 10.0 points more"
+    for i, r in enumerate(res["rows"] + res["teachers"]):
+        r.update(attack=f"{PAIR} (Linf eps=0.1)", heldout_attack=MONITOR,
+                 test={"attack": PAIR, "attack_set": "apgd-ce+t", "warnings": [warning] if i == 4 else []},
+                 standard={"n": 200, "robust_acc": 0.25, "attack": "APGD-CE-100 -> APGD-T-100x9 -> Square-5000"})
+    md = compare.render_markdown(res)
+    assert md.count(f"| robust % ({PAIR} (Linf eps=0.1)) | standard (first 200) % |") == 2  # methods and teachers
+    assert "| rrm | fast_at cnn_small | 70.30 | 47.40 | 25.00 |" in md and f"check under {MONITOR}" in md
+    assert f"- rrm: {warning}" in md and "**CE-only figures.**" not in md and "the first 200 of those 1000 test images" in md
 
 
 def test_the_clock_switch():
@@ -131,8 +190,8 @@ def test_steps_small_batch_report(tmp_path):
     out = tmp_path / "steps.md"
     assert steps.main(["--reps", "2", "--warmup", "1", "--batch-size", "8", "--pgd-steps", "2", "--out", str(out)]) == 0
     res = json.loads(out.with_suffix(".json").read_text())
-    assert set(res["median_s"]) == {"natural", "teacher_forward", "rrm", "attack_pass", "pgd_at_2", "no_grad_forward",
-                                    "linf_step_op"}
+    assert set(res["median_s"]) == {"natural", "teacher_forward", "rrm", "rrm_variant", "attack_pass", "pgd_at_2",
+                                    "no_grad_forward", "linf_step_op"}
     assert all(len(v) == 2 for v in res["times_s"].values())
     assert res["ratios"]["rrm_vs_natural_plus_teacher"] > 0 and res["ratios"]["pgd_at_2_vs_ideal"] > 0
     assert "rrm / (natural + teacher_forward)" in out.read_text()

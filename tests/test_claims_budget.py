@@ -86,7 +86,8 @@ def test_equal_time_claims_by_hand():
 
 
 TINY = ["--train-size", "256", "--monitor-size", "64", "--test-size", "64", "--epochs", "1", "--teacher-epochs", "1",
-        "--attack-steps", "2", "--monitor-steps", "2", "--eval-steps", "3"]
+        "--attack-steps", "2", "--monitor-steps", "2", "--eval-steps", "2", "--standard-size", "6",
+        "--standard-queries", "10"]
 
 
 @pytest.mark.slow
@@ -106,6 +107,9 @@ def test_claims_equal_time_end_to_end(tmp_path):
     assert (out / "claims_equal_time.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "claims.md").read_text()
     assert "## Equal training time" in md and "1/3 of PGD-AT's time" in md
+    for r in et["rows"].values():  # the equal-time runs are measured as the equal-epoch ones
+        assert r["test"]["attack"] == "worst of APGD-CE-2, APGD-T-2x3" and r["test_standard"]["n"] == 6
+    assert md.count("| test robust % (worst of APGD-CE-2, APGD-T-2x3) | standard (first 6) % |") == 2
     assert claims.main(argv) == 0  # the equal-time runs are reused with the same budget
     assert all(r["reused"] for r in json.loads((out / "claims.json").read_text())["equal_time"]["rows"].values())
 

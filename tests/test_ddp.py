@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -65,3 +66,10 @@ def test_two_processes_match_one_and_resume_after_sigterm(tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert report["world_size"] == 2 and report["test"]["n"] == 50 == ref["test"]["n"]
     assert report["test"]["clean_acc"] == ref["test"]["clean_acc"]  # clean accuracy has no randomness
+    # the worst case's per-attack counts are summed over the ranks (train.check.summed_over_ranks):
+    # each attack of the pair ran on every clean-correct sample of the whole set, as in one process
+    ranks, one_rows = report["test"]["attacks"], ref["test"]["attacks"]
+    assert [r["attack"] for r in ranks] == [r["attack"] for r in one_rows]
+    assert [r["run_on"] for r in ranks] == [r["run_on"] for r in one_rows] == [round(50 * ref["test"]["clean_acc"])] * 2
+    assert ranks[-1]["robust_acc_after"] == pytest.approx(report["test"]["robust_acc"])
+    assert report["test"]["ce_vs_margin"]["values"]["n"] == 50

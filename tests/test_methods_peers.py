@@ -362,7 +362,7 @@ def cache(tmp_path_factory):
 def test_each_peer_method_trains_end_to_end(name, cache, tmp_path):
     teacher = "cnn_small" if METHODS[name].needs_teacher else None
     rep = train_run(TrainConfig(method=name, teacher=teacher, out=str(tmp_path), **SMALL), progress=False)
-    assert rep["method"] == name and rep["test"]["n"] == SMALL["test_size"] and rep["test"]["attack"] == "PGD-2"
+    assert rep["method"] == name and rep["test"]["n"] == SMALL["test_size"] and rep["test"]["attack"] == "worst of APGD-CE-2, APGD-T-2x3"
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["loss"]) and row["images_per_second"] > 0
     if teacher:
@@ -387,7 +387,8 @@ def test_crt_chain_from_the_cli_with_a_gaussian_teacher(cache, tmp_path):
 def test_compare_command_writes_the_table_and_resumes(cache, tmp_path, capsys):
     from rrm_fast.bench import compare
     argv = ["--methods", "kd", "--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs"),
-            "--attack-steps", "2", "--batch-size", "96", "--monitor-steps", "2"]
+            "--attack-steps", "2", "--batch-size", "96", "--monitor-steps", "2", "--standard-size", "6",
+            "--standard-queries", "10"]
     for k in ("train_size", "test_size", "monitor_size", "epochs", "teacher_epochs", "eval_steps"):
         argv += ["--" + k.replace("_", "-"), str(SMALL[k])]
     assert compare.main(argv) == 0
@@ -400,6 +401,11 @@ def test_compare_command_writes_the_table_and_resumes(cache, tmp_path, capsys):
     assert res["settings"]["train_size"] == SMALL["train_size"] and res["command"].startswith("python -m rrm_fast.bench.compare")
     md = (tmp_path / "res" / "method_comparison_fmnist.md").read_text()
     assert f"| kd | fast_at cnn_small | {100 * kd_report['test']['clean_acc']:.2f} |" in md
+    # the attacks named from the reports: the trainer's honest pair, the standard suite on the first 6
+    assert kd_report["test"]["attack"] == "worst of APGD-CE-2, APGD-T-2x3" and kd_report["test_standard"]["n"] == 6
+    assert f"{100 * kd_report['test_standard']['robust_acc']:.2f} |" in md
+    assert "| robust % (worst of APGD-CE-2, APGD-T-2x3 (Linf eps=0.1)) | standard (first 6) % |" in md
+    assert res["teachers"][0]["standard"]["n"] == 6 and "**CE-only figures.**" not in md
     capsys.readouterr()
     # a second call with the same settings reuses the finished runs instead of training again
     assert compare.main(argv) == 0

@@ -1,9 +1,11 @@
 """The trainer end to end on small real Fashion-MNIST subsets and on a generated image folder;
 its TensorBoard events, its clock, its configuration files and its one-line errors."""
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from helpers import REPO, child_env, flags, metrics_rows, write_image_folder
 from rrm_fast.checkpoint import load_model
 from rrm_fast.data import load_dataset
-from rrm_fast.eval import evaluate_robustness
+from rrm_fast.eval import evaluate_worst_case
 from rrm_fast.train import Callback, TrainConfig, main, train_run
 
 SMALL = dict(train_size=600, test_size=200, monitor_size=100, monitor_steps=2, eval_steps=3, batch_size=100)
@@ -30,16 +32,20 @@ def test_each_baseline_trains_and_evaluates(method, tmp_path):
                       method_options={"replays": 2} if method == "free_at" else {}, **SMALL)
     rep = train_run(cfg, progress=False)
     rows = metrics_rows(tmp_path, drop=())
-    assert len(rows) == 1 and math.isfinite(rows[0]["loss"]) and rows[0]["heldout_attack"] == "PGD-2"
+    assert len(rows) == 1 and math.isfinite(rows[0]["loss"]) and rows[0]["heldout_attack"] == "worst of PGD-2-CE, PGD-2-DLR"
     assert rows[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule (cosine; cyclic for fast_at) ran to its end
     for name in ("config.json", "report.json", "final.safetensors", "final.json", "last.safetensors"):
         assert (tmp_path / name).exists(), name
     # the report's test figures are those of the saved checkpoint, re-evaluated through the public API
     model, _ = load_model(rep["checkpoint"])
     test_ds = load_dataset("fashion_mnist", "test").subset(torch.arange(SMALL["test_size"]))
-    ev = evaluate_robustness(model.to(memory_format=torch.channels_last), test_ds, eps=cfg.eps, steps=cfg.eval_steps,
+    ev = evaluate_worst_case(model.to(memory_format=torch.channels_last), test_ds, eps=cfg.eps, steps=cfg.eval_steps,
                              batch_size=500, seed=0, channels_last=True)
     assert (ev["n"], ev["clean_acc"], ev["robust_acc"]) == (200, rep["test"]["clean_acc"], rep["test"]["robust_acc"])
+    # the figure is the per-sample worst case over a CE and a margin attack, and says so
+    assert rep["test"]["attack"] == "worst of APGD-CE-3, APGD-T-3x3" and rep["test"]["attack_set"] == "apgd-ce+t"
+    assert [r["attack"] for r in rep["test"]["attacks"]] == ["APGD-CE-3", "APGD-T-3x3"]
+    assert "ce_vs_margin" in rep["test"] and rep["test_standard"] is None
 
 
 def test_rrm_student_of_another_architecture(teacher_ckpt, tmp_path):
@@ -56,11 +62,12 @@ def test_eval_cli_reproduces_the_trainers_figure(teacher_ckpt, tmp_path):
     report = json.loads((__import__("pathlib").Path(teacher_ckpt).parent / "report.json").read_text())
     out = tmp_path / "e.json"
     # --diag-size 0: the gradient-masking checks (tested in tests/test_eval.py) do not change the figure
-    r = subprocess.run([sys.executable, "-m", "rrm_fast.eval", teacher_ckpt, "--steps", "3", "--test-size", "200",
+    r = subprocess.run([sys.executable, "-m", "rrm_fast.eval", teacher_ckpt, "--suite", "worst-case", "--steps", "3",
+                        "--test-size", "200",
                         "--diag-size", "0", "--out", str(out)], capture_output=True, text=True, env=child_env())
     assert r.returncode == 0, r.stderr
     ev = json.loads(out.read_text())
-    assert abs(ev["robust_acc"] - report["test"]["robust_acc"]) <= 0.01
+    assert ev["robust_acc"] == pytest.approx(report["test"]["robust_acc"]) and ev["attack"] == report["test"]["attack"]
     assert ev["clean_acc"] == pytest.approx(report["test"]["clean_acc"])
 
 
@@ -220,3 +227,55 @@ def test_no_method_is_the_demo_and_flags_still_apply(tmp_path):
                                                                      DEMO_TEACHER["epochs"])
     assert cfg.method_options == {"xent_weight": 0.01}
     assert not parse(["--method", "natural"]).demo and parse(["--method", "natural"]).cfg == TrainConfig(method="natural")
+
+
+def test_the_demo_attacks_the_teacher_exactly_as_the_student_and_keeps_the_figures(teacher_ckpt, tmp_path):
+    """The demo's teacher figure comes from the student's attacks on the student's samples (not
+    from the teacher's own report, which may have been made under other settings), once per setting."""
+    from rrm_fast.train.check import checkpoint_figures
+    from rrm_fast.train.cli import demo_summary, demo_table
+
+    work = tmp_path / "t"
+    work.mkdir()
+    ckpt = work / "final.safetensors"
+    for suffix in (".safetensors", ".json"):
+        ckpt.with_suffix(suffix).write_bytes(Path(teacher_ckpt).with_suffix(suffix).read_bytes())
+    cfg = TrainConfig(method="rrm", student="cnn_wide", **{**SMALL, "test_size": 60}, standard_size=10,
+                      standard_queries=5)
+    first = checkpoint_figures(cfg, str(ckpt), "cpu", progress=False)
+    model, _ = load_model(str(ckpt))
+    ds = load_dataset("fashion_mnist", "test").subset(torch.arange(60))
+    direct = evaluate_worst_case(model.to(memory_format=torch.channels_last), ds, eps=cfg.eps, steps=cfg.eval_steps,
+                                 batch_size=500, seed=0, channels_last=True)
+    assert (first["test"]["n"], first["test"]["robust_acc"], first["test"]["attack"]) == (60, direct["robust_acc"],
+                                                                                         direct["attack"])
+    assert first["test_standard"]["n"] == 10 and first["test_standard"]["attack"].endswith("Square-5")
+    kept = list(work.glob("test-eval-*.json"))
+    assert len(kept) == 1
+    assert checkpoint_figures(cfg, str(ckpt), "cpu", progress=False) == first  # read back, not recomputed
+    other = TrainConfig(**{**dataclasses.asdict(cfg), "eval_attacks": "pgd-ce+cw"})
+    assert checkpoint_figures(other, str(ckpt), "cpu", progress=False)["test"]["attack"] == "worst of PGD-3-CE, PGD-3-CW"
+    assert len(list(work.glob("test-eval-*.json"))) == 2
+
+    # a checkpoint whose own run measured it with these settings is not attacked again
+    own = checkpoint_figures(TrainConfig(method="rrm", **SMALL), teacher_ckpt, "cpu", progress=False)
+    assert own["test"] == json.loads((Path(teacher_ckpt).parent / "report.json").read_text())["test"]
+    assert not list(Path(teacher_ckpt).parent.glob("test-eval-*.json"))
+
+    t_rep = {"student": "cnn_small", "method": "fast_at", "train_seconds": 10.0, "images_per_second": 100.0,
+             "test": {"n": 1000, "clean_acc": 0.85, "robust_acc": 0.70, "attack": "worst of A, B", "warnings": []},
+             "test_standard": {"n": 200, "robust_acc": 0.69, "attack": "S"}}
+    s_rep = {"student": "cnn_wide", "method": "rrm", "train_seconds": 20.0, "images_per_second": 50.0,
+             "test": {"n": 1000, "clean_acc": 0.84, "robust_acc": 0.63, "attack": "worst of A, B",
+                      "warnings": ["the margin attack finds 3.0 points more"]},
+             "test_standard": {"n": 200, "robust_acc": 0.621, "attack": "S"}}
+    summary = demo_summary(t_rep, s_rep)
+    assert summary["robust_kept"] == pytest.approx(0.9) and summary["clean_gap_points"] == pytest.approx(1.0)
+    assert summary["robust_kept_standard"] == pytest.approx(0.9)
+    lines = demo_table(TrainConfig(test_size=1000), t_rep, s_rep, summary)
+    assert "the first 1000 test images; robust = per-sample worst of A, B; standard = S on the first 200" in lines[1]
+    assert lines[3].split() == ["teacher", "cnn_small", "fast_at", "85.00%", "70.00%", "69.00%", "10.0", "100"]
+    assert lines[4].split() == ["student", "cnn_wide", "rrm", "84.00%", "63.00%", "62.10%", "20.0", "50"]
+    assert lines[5] == ("the student keeps 90.0% of the teacher's robust accuracy (same attacks, same images); its "
+                        "clean accuracy is 1.00 points below the teacher's")
+    assert lines[6] == "[WARN] student: the margin attack finds 3.0 points more"

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .machine import describe_load, load_verdict
+from .robust_figures import (CE_ONLY_NOTE, attack_name, ce_only, curve_attack, standard_cell, standard_heading,
+                             standard_sentence, warning_lines)
 
 METHOD_LABELS = {"pgd_at": "PGD-AT", "fast_at": "Fast AT", "free_at": "Free AT", "rrm": "RRM", "natural": "natural",
                  "rslad": "RSLAD", "kdiga": "KDIGA", "ard": "ARD", "kd": "KD", "trades": "TRADES"}
@@ -18,6 +20,7 @@ CLOCK_TEXT = {
     "wall": "timed by the wall clock (synchronised)"}
 CLOCK_AXIS = {"thread": "training time (s): epochs only, CPU time of the one computing thread",
               "wall": "training wall-clock time (s), epochs only"}
+CLOCK_TEXT["cpu"], CLOCK_AXIS["cpu"] = CLOCK_TEXT["thread"], CLOCK_AXIS["thread"]  # "cpu": the thread clock's old name
 
 COLORS = {"pgd_at": "tab:red", "fast_at": "tab:orange", "free_at": "tab:purple", "rrm": "tab:blue",
           "natural": "tab:gray", "rslad": "tab:green", "kdiga": "tab:olive", "ard": "tab:cyan", "kd": "tab:pink",
@@ -40,9 +43,22 @@ def ratio_s(v) -> str:
     return "n/a (baseline 0)" if v is None else f"{v:.3f}"
 
 
+def _tests(res: dict, key: str = "test", rows=None) -> list:
+    """The test results (``key``: "test" or "test_standard") of the teacher and the rows."""
+    rows = res["rows"] if rows is None else rows
+    return [t[key] for t in ([res["teacher"]] if res["teacher"] else []) if t.get(key)] + \
+        [r.get(key) for r in rows.values()]
+
+
+def monitor_attack(res: dict) -> str:
+    """The held-out curves' attack, from the metrics rows (older results: from the settings)."""
+    curves = [r["curve"] for r in res["rows"].values()] + ([res["teacher"]["curve"]] if res["teacher"] else [])
+    return curve_attack(curves, res["settings"].get("monitor_attack"))
+
+
 def render_markdown(res: dict) -> str:
     equal_time = _equal_time(res) if "equal_time" in res else []
-    return "\n".join(_intro(res) + _results(res) + _claims(res["claims"]) + equal_time + _curves(res)) + "\n"
+    return "\n".join(_intro(res) + _results(res) + _claims(res["claims"], attack_name(_tests(res))) + equal_time + _curves(res)) + "\n"
 
 
 def _equal_time(res: dict) -> list[str]:
@@ -58,15 +74,18 @@ def _equal_time(res: dict) -> list[str]:
               + (f"Target: {100 * cl['target']:.1f} % held-out robust accuracy (0.9 x {label(res['claims']['reference'])}'s "
                  "final). " if "target" in cl else "") + "Times to the target are read at epoch ends (upper bounds).", "",
               "| method | epochs planned / run | s per epoch (calibration) | spent s | held-out robust % | test clean % | "
-              "test robust % | time to target s | with teacher s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"test robust % ({attack_name(_tests(res, rows=et['rows']))}) | "
+              f"{standard_heading(_tests(res, 'test_standard', et['rows']))} | time to target s | with teacher s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in et["rows"].items():
         cal = "-" if r["calibration_epoch_s"] is None else secs(r["calibration_epoch_s"])
         lines.append(f"| {label(name)} | {r['planned_epochs']} / {r['epochs_run']} | {cal} | {secs(r['train_seconds'])} | "
                      f"{100 * r['curve'][-1]['robust']:.1f} | {100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | "
-                     f"{fmt_s(r.get('time_to_target'))} | "
+                     f"{standard_cell(r.get('test_standard'))} | {fmt_s(r.get('time_to_target'))} | "
                      f"{fmt_s(r.get('time_to_target_with_teacher')) if r['uses_teacher'] else '-'} |")
+    lines += [""] + warning_lines([(label(n), r.get("test")) for n, r in et["rows"].items()])
     if t:
-        lines.append(f"\nThe teacher's {secs(t['train_seconds'])} s are not in the students' budget (teacher excluded).")
+        lines.append(f"The teacher's {secs(t['train_seconds'])} s are not in the students' budget (teacher excluded).")
     lines += ["", "| claim (equal time) | RRM | baseline | ratio | verdict |", "|---|---:|---:|---:|---|"]
     for c in cl.get("claims", []):
         if "rrm_seconds" in c:
@@ -100,11 +119,19 @@ def _intro(res: dict) -> list[str]:
                  "RRM's student starts with the teacher's head (the demo's setting)." if t else "")
               + " RRM is `--method rrm`'s defaults: this project's variant (per-image student delta + rel_l2, "
               "docs/transfer.md), not the paper's RRM.", "",
-              f"Curves: clean and {s['monitor_attack']} accuracy on the held-out training slice at each epoch end, against "
-              f"cumulative training seconds (epochs only: no monitoring, no evaluation), {CLOCK_TEXT[s['clock']]}. "
-              "Final figures: clean and "
-              f"{s['eval_attack']} accuracy on the first {s['test_size']} images of the test split, every final model "
-              "alike; nothing is selected on the test split.", ""]
+              f"Curves: clean and robust accuracy under {monitor_attack(res)} on the held-out training slice at "
+              f"each epoch end, against cumulative training seconds (epochs only: no monitoring, no evaluation), "
+              f"{CLOCK_TEXT[s['clock']]}. Final figures: clean and robust accuracy under {attack_name(_tests(res))}"
+              + (f" (`--eval-attacks {s['eval_attacks']}`; \"worst of\": a sample counts as robust only if every "
+                 "attack fails on it)" if "eval_attacks" in s else "")
+              + f" on the first {s['test_size']} images of the test split, every final model and the teacher alike "
+              "(attacks named from the runs' reports); nothing is selected on the test split. "
+              + standard_sentence(_tests(res, "test_standard"), s["test_size"]), ""]
+    monitor_ce = s.get("monitor_attacks", "pgd-ce") == "pgd-ce"
+    what = [w for w, bad in (("the test figures", ce_only(_tests(res))), ("the held-out curves", monitor_ce)) if bad]
+    if what:
+        lines += [CE_ONLY_NOTE.format(what=" and ".join(what).capitalize())
+                  + (" These results predate that default." if "eval_attacks" not in s else ""), ""]
     return lines
 
 
@@ -112,12 +139,14 @@ def _results(res: dict) -> list[str]:
     s, t = res["settings"], res["teacher"]
     lines = ["## Results", "",
               "| method | teacher s | student s | run wall s | load | epochs | final held-out clean % | "
-              f"final held-out robust % | test clean % | test {s['eval_attack']} % | time to target s | with teacher s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"final held-out robust % | test clean % | test robust % ({attack_name(_tests(res))}) | "
+              f"{standard_heading(_tests(res, 'test_standard'))} | time to target s | with teacher s |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if t:
         lines.append(f"| teacher ({t['method']} {t['arch']}) | {secs(t['train_seconds'])} | - | - | - | {t['epochs_run']} | "
                      f"{100 * t['curve'][-1]['clean']:.1f} | {100 * t['curve'][-1]['robust']:.1f} | "
-                     f"{100 * t['test']['clean_acc']:.2f} | {100 * t['test']['robust_acc']:.2f} | - | - |")
+                     f"{100 * t['test']['clean_acc']:.2f} | {100 * t['test']['robust_acc']:.2f} | "
+                     f"{standard_cell(t.get('test_standard'))} | - | - |")
     for name, r in res["rows"].items():
         # mark reuse per row only when this report mixes runs of different invocations
         note = " (reused run)" if r["reused"] and len(res["reused_runs"]) < len(res["rows"]) else ""
@@ -125,11 +154,13 @@ def _results(res: dict) -> list[str]:
         lines.append(f"| {label(name)}{note} | {t_s} | "
                      f"{secs(r['train_seconds'])} | {r['wall_seconds']:.0f} | {r['run_load']['median']:g} | {r['epochs_run']} | "
                      f"{100 * r['curve'][-1]['clean']:.1f} | {100 * r['curve'][-1]['robust']:.1f} | "
-                     f"{100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | {fmt_s(r.get('time_to_target'))} | "
+                     f"{100 * r['test_clean']:.2f} | {100 * r['test_robust']:.2f} | {standard_cell(r.get('test_standard'))} | "
+                     f"{fmt_s(r.get('time_to_target'))} | "
                      f"{fmt_s(r.get('time_to_target_with_teacher')) if r['uses_teacher'] else '-'} |")
     for name, r in res["rows"].items():
         if r["stopped_early"]:
             lines.append(f"\n{label(name)}: {r['stopped_early']} (held-out training slice).")
+    lines += [""] + warning_lines([("teacher", t and t["test"])] + [(label(n), r["test"]) for n, r in res["rows"].items()])
     lines += ["", f"*teacher s*, *student s*: training seconds ({s['clock']} clock). "
               "*run wall s* (wall clock) includes the per-epoch monitoring and the final test evaluation (and, for the first "
               "run with a teacher, training that teacher). *load*: median 1-min load average during that run (runs "
@@ -137,7 +168,7 @@ def _results(res: dict) -> list[str]:
     return lines
 
 
-def _claims(cl: dict) -> list[str]:
+def _claims(cl: dict, attack: str) -> list[str]:
     lines = ["## Claims", ""]
     if "target" in cl:
         lines += [f"Target for the time-to-target claims: {100 * cl['target']:.1f} % held-out robust accuracy = "
@@ -151,7 +182,7 @@ def _claims(cl: dict) -> list[str]:
         lines += [f"Transfer: the RRM student keeps {tr['ratio']:.3f} of its teacher's test robust accuracy "
                   f"({100 * tr['rrm_test_robust']:.2f} % of {100 * tr['teacher_test_robust']:.2f} %){vs_ref}.", ""]
     if cl["test"]:
-        lines += ["### Final models, test split", "",
+        lines += [f"### Final models, test split (robust accuracy under {attack})", "",
                   "| claim | RRM robust % | baseline robust % | robust ratio | RRM s | baseline s | time ratio | speed-up | verdict |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for c in cl["test"]:
@@ -194,7 +225,7 @@ def plot(res: dict, path: Path) -> None:
 
     t, rows, cl = res["teacher"], res["rows"], res["claims"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, key, title in ((axes[0], "robust", f"held-out {res['settings']['monitor_attack']} accuracy"),
+    for ax, key, title in ((axes[0], "robust", f"held-out robust accuracy ({monitor_attack(res)})"),
                            (axes[1], "clean", "held-out clean accuracy")):
         for name, r in rows.items():
             color = COLORS.get(name)
@@ -250,7 +281,7 @@ def plot_equal_time(res: dict, path: Path) -> None:
     if "target" in et["claims"]:
         ax.axhline(100 * et["claims"]["target"], color="k", ls="--", lw=0.8, label="target (0.9 x reference)")
     ax.set_xlabel(CLOCK_AXIS[res["settings"]["clock"]])
-    ax.set_ylabel(f"held-out {res['settings']['monitor_attack']} accuracy (%)")
+    ax.set_ylabel(f"held-out robust accuracy (%)\n{monitor_attack(res)}")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

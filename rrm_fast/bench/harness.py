@@ -1,5 +1,6 @@
 """What the training benchmarks share (``claims`` and ``compare``): budgets, method selection,
-training each method once through the one trainer (or reusing a finished run), the clock
+the trainer's evaluation flags (the honest pair by default, the standard suite on a stated
+subset), training each method once through the one trainer (or reusing a finished run), the clock
 the epochs are timed with, and the machine and load the runs saw.
 
 A run is reused when its directory holds a report.json written with exactly the same
@@ -21,6 +22,7 @@ import torch
 
 from ..io import atomic_write_json
 from ..methods import METHODS
+from ..eval.attack_sets import ATTACK_SETS
 from ..train import TrainConfig, train_run
 from ..validation import whole_number
 from . import timing
@@ -40,6 +42,41 @@ def add_run_arguments(p: argparse.ArgumentParser, clock_default: str) -> None:
                         "machine-alone time, immune to other jobs' load), wall = wall-clock; auto = thread where "
                         "possible, else wall")
     p.add_argument("--progress", action="store_true", help="progress bars for each run")
+
+
+EVAL_BUDGET_HELP = {
+    "eval_steps": "steps (PGD) or iterations (APGD) of the final test attacks; none given: the set's own (50 for the "
+                  "APGD sets, 20 for PGD)",
+    "standard_size": "run the standard suite (APGD-CE-100 -> APGD-T-100x9 -> Square) on the first N test images beside "
+                     "the final figure (0: no)",
+    "standard_queries": "Square queries per image of that standard suite (docs/evaluation.md: Square-5000 fooled no "
+                        "image APGD-CE and APGD-T had failed on, for three models, so 1000 is a measured cut for a CPU)"}
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, full: dict, quick: dict) -> None:
+    """The trainer's evaluation settings, as every training harness takes them: the final
+    figure's attack set, the held-out monitor's, and the budget-sized ones (EVAL_BUDGET_HELP)
+    whose defaults come from the harness's FULL / QUICK budgets."""
+    cfg = TrainConfig()
+    p.add_argument("--eval-attacks", choices=ATTACK_SETS, default=cfg.eval_attacks,
+                   help="attack set of the final test figure: the per-sample worst case over a CE and a margin attack "
+                        f"(default {cfg.eval_attacks}; pgd-ce is CE-only PGD, a quick check that soft logits fool)")
+    p.add_argument("--monitor-attacks", choices=ATTACK_SETS, default=cfg.monitor_attacks,
+                   help=f"attack set of the per-epoch held-out curve points (default {cfg.monitor_attacks})")
+    p.add_argument("--monitor-steps", type=whole_number, default=cfg.monitor_steps,
+                   help=f"attack steps of the held-out curve points (default {cfg.monitor_steps})")
+    for key, words in EVAL_BUDGET_HELP.items():
+        p.add_argument("--" + key.replace("_", "-"), type=whole_number, default=None,
+                       help=f"{words}; default {_shown(full[key])} ({_shown(quick[key])} with --quick)")
+
+
+def _shown(value) -> str:
+    return "the set's" if value is None else str(value)
+
+
+def eval_settings(args) -> dict:
+    """The TrainConfig fields of add_eval_arguments' flags that no budget sizes."""
+    return dict(eval_attacks=args.eval_attacks, monitor_attacks=args.monitor_attacks, monitor_steps=args.monitor_steps)
 
 
 def budget(args, full: dict, quick: dict) -> dict:

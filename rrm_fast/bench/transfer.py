@@ -17,8 +17,8 @@ project's honest worst case, rrm_fast.eval.evaluate_worst_case (a CE and a margi
 sample); "ratio" is a row's robust accuracy over its own teacher's, same attacks, same
 images. Nothing is chosen on the test split: it is read only for the final rows (the teacher,
 the paper's RRM, the defaults), after every choice. The trainer's own end-of-run test figure
-is cut to one image and never shown; its per-epoch check is cut to PGD-1 (only the honest
-figure above counts). Training seconds come from the harness's clock.
+is cut to one image and never shown (standard suite off); its per-epoch check is cut to one
+step of the monitor's attacks (only the honest figure above counts). Training seconds come from the harness's clock.
 
 Writes OUT/transfer.json, transfer.md and transfer.png (transfer_report.py); each row's run
 under --runs-dir, reused when finished with the same settings and clock (harness.py), with its
@@ -141,7 +141,7 @@ def row_config(row: Row, size: dict, args) -> TrainConfig:
         epochs = max(1, round(epochs * size["epochs"] / FULL["epochs"]))
     values = {**DEMO_STUDENT, "teacher": DEMO_TEACHER["student"], "teacher_method": DEMO_TEACHER["method"],
               "teacher_epochs": size["teacher_epochs"], "amp": True, "train_size": size["train_size"],
-              "monitor_size": size["monitor_size"], "monitor_steps": 1, "test_size": 1, "eval_steps": 1,
+              "monitor_size": size["monitor_size"], "monitor_steps": 1, "test_size": 1, "eval_steps": 1, "standard_size": 0,
               "device": args.device, "seed": args.seed, "method_options": dict(row.options),
               **{k: v for k, v in row.changes.items() if k != "epochs"}, "epochs": epochs}
     if "teacher_epochs" in row.changes and args.quick:

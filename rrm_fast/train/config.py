@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..data import DATASETS, FOLDER_DATASETS, LOADER_KINDS
+from ..eval.attack_sets import ATTACK_SETS, DEFAULT_ATTACKS
 from ..methods import METHODS
 from ..models import ARCHS
 from ..runtime import check_device_name
@@ -77,10 +78,20 @@ class TrainConfig:
     norm: Literal["Linf", "L2"] = _field("Linf", "threat model")
     alpha: float | None = _field(None, "training PGD step (2.5*eps/steps when not given)", bounds=NON_NEGATIVE)
     attack_steps: int = _field(7, "training PGD steps (pgd_at, trades, ...)", bounds=REPEATS)
-    eval_steps: int = _field(20, "PGD steps of the final evaluation on the test split", bounds=REPEATS)
-    eval_restarts: int = _field(1, "random restarts of the final evaluation", bounds=REPEATS)
+    eval_attacks: Literal[ATTACK_SETS] = _field(DEFAULT_ATTACKS, "attack set of the final test figure: the per-sample "
+                                                                 "worst case over a CE and a margin attack "
+                                                                 "(docs/evaluation.md); pgd-ce is CE-only PGD, a quick "
+                                                                 "check that soft logits fool")
+    eval_steps: int | None = _field(None, "steps (PGD) or iterations (APGD) of the final test attacks; default the "
+                                          "set's (50 for the APGD sets, 20 for PGD)", bounds=REPEATS)
+    eval_restarts: int = _field(1, "random restarts of each final test attack", bounds=REPEATS)
+    standard_size: int = _field(0, "also run the standard suite (APGD-CE-100 -> APGD-T-100x9 -> Square) on the first N "
+                                   "test samples, beside the final figure (0: no)", bounds=NON_NEGATIVE)
+    standard_queries: int = _field(5000, "Square queries per sample of that standard suite", bounds=COUNT)
     monitor_size: int = _field(1000, "held-out TRAIN samples for the per-epoch check", bounds=COUNT)
-    monitor_steps: int = _field(10, "PGD steps of the per-epoch held-out check", bounds=REPEATS)
+    monitor_attacks: Literal[ATTACK_SETS] = _field("pgd-ce+dlr", "attack set of the per-epoch held-out check (CE and "
+                                                                 "a margin attack: it drives early stopping)")
+    monitor_steps: int = _field(10, "attack steps of the per-epoch held-out check", bounds=REPEATS)
     amp: bool = _field(False, "mixed precision: fp16+GradScaler or bf16 on CUDA; bf16 on a CPU with native bf16 instructions")
     channels_last: bool = _field(True, "channels-last memory format")
     compile: bool = _field(False, "torch.compile the student")

@@ -31,13 +31,13 @@ from .. import distributed as dist_util
 from ..checkpoint import save_model
 from ..data import load_dataset, make_loader, split_holdout
 from ..data.sampling import derive_seed
-from ..eval import evaluate_robustness
 from ..io import atomic_write_json
 from ..methods import METHODS, ThreatModel
 from ..models import attach_projection, copy_head, create_model
 from ..resume import preserved_rng
 from ..runtime import Precision, resolve_device, resolve_precision, seed_everything
 from . import teacher as teachers
+from .check import RobustnessCheck, test_split
 from .callbacks import (EarlyStopOnRobustDrop, EpochSummary, FiniteWatch, MetricsJSONL, ProgressBar, StateCheckpoint,
                         StopSignals, TensorBoardWriter, TrainingInterrupted)
 from .config import TrainConfig, validate_config
@@ -203,36 +203,6 @@ def precision_named(name: str, device, why: str) -> Precision:
     return Precision(dtype, device, f"{name} ({why})")
 
 
-class RobustnessCheck:
-    """The trainer's robustness figures: the per-epoch check on the held-out TRAIN slice and
-    the final figure on the test split. The one place the trainer calls the evaluation
-    library; under torchrun each rank takes samples rank::world_size and counts are summed."""
-
-    def __init__(self, cfg: TrainConfig, ctx, device):
-        self.cfg, self.ctx, self.device = cfg, ctx, device
-
-    def heldout(self, model, ds) -> dict:
-        return self.evaluate(model, ds, steps=self.cfg.monitor_steps, restarts=1, seed=self.cfg.seed, progress=False)
-
-    def test(self, model, ds, progress: bool) -> dict:
-        return self.evaluate(model, ds, steps=self.cfg.eval_steps, restarts=self.cfg.eval_restarts, seed=0,
-                             progress=progress)
-
-    def evaluate(self, model, ds, *, steps, restarts, seed, progress) -> dict:
-        ctx = self.ctx
-        kw = dict(eps=self.cfg.eps, norm=self.cfg.norm, steps=steps, restarts=restarts, batch_size=500,
-                  device=self.device, seed=seed, progress=progress, channels_last=self.cfg.channels_last)
-        if not ctx.enabled:
-            return evaluate_robustness(model, ds, **kw)
-        res = evaluate_robustness(model, ds.subset(torch.arange(ctx.rank, len(ds), ctx.world_size)), **kw)
-        counts = torch.tensor([res["n"], round(res["clean_acc"] * res["n"]), round(res["robust_acc"] * res["n"])],
-                              dtype=torch.float64)
-        torch.distributed.all_reduce(counts, group=ctx.control_group)
-        n, clean, robust = (int(v) for v in counts.tolist())
-        res.update(n=n, clean_acc=clean / max(n, 1), robust_acc=robust / max(n, 1))
-        return res
-
-
 # --------------------------------------------------------------------------- one run
 def _train(cfg: TrainConfig, run: RunDir, ctx, device, full_train, *, resume: bool, progress: bool, clock,
            callbacks) -> dict:
@@ -300,23 +270,23 @@ def final_report(cfg: TrainConfig, run: RunDir, trainer, check: RobustnessCheck,
     final = run.out / "final.safetensors"
     if ctx.is_main:
         final = save_model(final, student, {**meta_base, "epochs_run": p.epochs_done})
-    test_ds = load_dataset(cfg.dataset, "test", cfg.data_dir, resolution=cfg.resolution)
-    if cfg.test_size and cfg.test_size > len(test_ds) and ctx.is_main:
-        log.warning("--test-size %d is more than %s's %d test images: evaluating on all of them", cfg.test_size,
-                    cfg.dataset, len(test_ds))
-    if cfg.test_size:
-        test_ds = test_ds.subset(torch.arange(min(cfg.test_size, len(test_ds))))
+    test_ds = test_split(cfg, warn=ctx.is_main)
     dist_util.broadcast_buffers_(ctx, student)
-    ev = check.test(student, test_ds, progress=progress and ctx.is_main and sys.stderr.isatty())
+    bars = progress and ctx.is_main and sys.stderr.isatty()
+    ev = check.test(student, test_ds, progress=bars)
+    standard = check.standard(student, test_ds, progress=bars)
     report = {"method": cfg.method, "student": cfg.student, "teacher": meta_base["teacher"], "dataset": cfg.dataset,
               "device": str(trainer.device), "precision": trainer.precision.name, "epochs_run": p.epochs_done,
               "train_seconds": p.train_seconds,
               "images_per_second": train_len * p.epochs_done * models.method.replays / max(p.train_seconds, 1e-9),
-              "test": ev, "checkpoint": str(final), "stopped_early": p.stopped_early,
+              "test": ev, "test_standard": standard, "checkpoint": str(final), "stopped_early": p.stopped_early,
               "teacher_report": (models.teacher_meta or {}).get("report_path"), "world_size": ctx.world_size}
     if ctx.is_main:
         atomic_write_json(run.out / "report.json", report)
-    say(ctx, "[%s] test: clean %.2f%%  %s %.2f%% (%d samples, eps %g); trained in %.1fs -> %s", cfg.method,
-        100 * ev["clean_acc"], ev["attack"], 100 * ev["robust_acc"], ev["n"], cfg.eps, p.train_seconds, run.out)
+    say(ctx, "[%s] test: clean %.2f%%  robust %.2f%% (%s; %d samples, eps %g); trained in %.1fs -> %s", cfg.method,
+        100 * ev["clean_acc"], 100 * ev["robust_acc"], ev["attack"], ev["n"], cfg.eps, p.train_seconds, run.out)
+    if standard is not None:
+        say(ctx, "[%s] standard suite on the first %d test samples: robust %.2f%% (%s)", cfg.method, standard["n"],
+            100 * standard["robust_acc"], standard["attack"])
     dist_util.barrier(ctx)
     return report
