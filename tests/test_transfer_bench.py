@@ -1,0 +1,40 @@
+"""The transfer study's report renders every row, including one whose teacher is 0% robust
+(its ratio is None: shown as '-', never a crash after hours of runs)."""
+from rrm_fast.bench import transfer
+from rrm_fast.bench.transfer_report import render_markdown
+
+
+def figures(clean, robust):
+    return {"n": 64, "clean": clean, "robust": robust, "attack": "worst of APGD-CE-5, APGD-T-5x3", "warnings": [],
+            "p_max": 0.5, "max_logit": 2.0}
+
+
+def result(teacher_robust, ratios):
+    teacher = {"checkpoint": "t.safetensors", "arch": "cnn_small", "method": "fast_at", "epochs_run": 1,
+               "augment": "auto", "train_seconds": 3.0, "heldout": figures(0.6, teacher_robust)}
+    rows = [{"name": name, "lever": "baseline", "setting": name, "final": False, "epochs_run": 1, "train_seconds": 2.0,
+             "reused": False, "run_load": {"median": 1.0}, "heldout": figures(0.5, 0.25), "ratio": ratio,
+             "teacher": {k: teacher[k] for k in ("checkpoint", "arch", "method", "epochs_run")}}
+            for name, ratio in zip(("default", "paper", "no_teacher"), ratios)]
+    base = {"method": "rrm", "student": "cnn_wide", "teacher": "cnn_small", "teacher_method": "fast_at",
+            "teacher_epochs": 1, "head_init": "teacher", "epochs": 1, "lr": 0.05, "batch_size": 128,
+            "schedule": "auto", "eps": 0.1, "norm": "Linf", "amp": True, "train_size": 256, "monitor_size": 64, "seed": 0}
+    load = {"median": 1.0, "min": 0.5, "max": 2.0, "samples": 3, "cores": 2}
+    return {"command": "python -m rrm_fast.bench transfer --quick", "started": "s", "finished": "f",
+            "wall_seconds": 60.0, "rendered": "r", "quick": True, "machine": {"summary": "a CPU"}, "load": load,
+            "clock": "thread", "base": base, "rows": rows, "teachers": [teacher], "plot": "transfer.png"}
+
+
+def test_report_shows_a_missing_ratio_as_a_dash_and_a_real_one_to_three_places():
+    md = render_markdown(result(0.0, (None, None, None)))  # a teacher the attacks break completely
+    assert "| `default` |" in md and "| **25.0** | - |" in md
+    assert "ratio - to its teacher" in md and "keeps - of its teacher's" in md
+    md = render_markdown(result(0.5, (0.5, 0.25, 0.125)))
+    assert "| **25.0** | 0.500 |" in md and "keeps 0.250 of its teacher's" in md and "keeps 0.500 (" in md
+
+
+def test_no_teacher_row_is_the_teacher_free_ablation():
+    row = {r.name: r for r in transfer.ROWS}["no_teacher"]
+    assert row.options == {"feat_weight": 0.0, "xent_weight": 1.0} and row.changes == {"head_init": "random"}
+    assert not row.final  # only the final rows read the test split
+    assert {r.name for r in transfer.ROWS if r.final} == {"default", "paper"}
