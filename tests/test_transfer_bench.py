@@ -1,7 +1,13 @@
-"""The transfer study's report renders every row, including one whose teacher is 0% robust
-(its ratio is None: shown as '-', never a crash after hours of runs)."""
+"""The transfer study: its report renders every row, including one whose teacher is 0% robust
+(its ratio is None: shown as '-', never a crash after hours of runs); its rows change one thing
+each (a student-only lever keeps the base row's teacher); the no-teacher ablation is what it says."""
+import json
+from pathlib import Path
+
 from rrm_fast.bench import transfer
 from rrm_fast.bench.transfer_report import render_markdown
+from rrm_fast.eval import evaluate_robustness
+from rrm_fast.train.teacher import teacher_run_config
 
 
 def figures(clean, robust):
@@ -38,3 +44,34 @@ def test_no_teacher_row_is_the_teacher_free_ablation():
     assert row.options == {"feat_weight": 0.0, "xent_weight": 1.0} and row.changes == {"head_init": "random"}
     assert not row.final  # only the final rows read the test split
     assert {r.name for r in transfer.ROWS if r.final} == {"default", "paper"}
+
+
+def test_a_student_only_lever_keeps_the_base_rows_teacher(tmp_path, monkeypatch):
+    # the trainer hands the run's lr / schedule to an architecture-named teacher; the study's lr and
+    # schedule rows must change the student only, so they take the base row's teacher by its checkpoint
+    monkeypatch.setenv("RRM_FAST_CACHE", str(tmp_path / "cache"))
+    args = transfer.build_parser().parse_args(["--quick", "--runs-dir", str(tmp_path / "runs")])
+    size = transfer.harness.budget(args, transfer.FULL, transfer.QUICK)
+    rows = {r.name: r for r in transfer.ROWS}
+    base_teacher = teacher_run_config(transfer.row_config(rows["default"], size, args))
+    for name in ("lr_0.1", "schedule_cyclic"):
+        cfg = transfer.row_config(rows[name], size, args)
+        assert cfg.teacher == str(Path(base_teacher.out) / "final.safetensors")
+        assert (cfg.lr, cfg.schedule) != (0.05, "auto")  # the row's change still reaches the student
+    for name in ("crop_flip", "teacher_pgd_at", "teacher_8_epochs", "default"):  # levers the teacher shares
+        cfg = transfer.row_config(rows[name], size, args)
+        assert cfg.teacher == "cnn_small" and (name == "default") == (teacher_run_config(cfg).out == base_teacher.out)
+
+
+def test_a_student_only_row_alone_trains_and_reports_the_base_teacher(tmp_path):
+    argv = ["--quick", "--rows", "lr_0.1", "--threads", "1", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out")]
+    assert transfer.main(argv, evaluate=evaluate_robustness) == 0
+    res = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    (row,) = res["rows"]
+    (teacher,) = res["teachers"]
+    assert row["teacher"]["checkpoint"] == teacher["checkpoint"] and teacher["method"] == "fast_at"
+    cfg = json.loads((tmp_path / "runs" / "lr_0.1" / "config.json").read_text())
+    assert cfg["teacher"] == teacher["checkpoint"] and cfg["lr"] == 0.1
+    t_cfg = json.loads((Path(teacher["checkpoint"]).parent / "config.json").read_text())
+    assert t_cfg["lr"] == 0.05 and t_cfg["method"] == "fast_at"
