@@ -22,6 +22,7 @@ def result(teacher_robust, ratios):
              "reused": False, "run_load": {"median": 1.0}, "heldout": figures(0.5, 0.25), "ratio": ratio,
              "teacher": {k: teacher[k] for k in ("checkpoint", "arch", "method", "epochs_run")}}
             for name, ratio in zip(("default", "paper", "no_teacher"), ratios)]
+    rows[1]["setting"] = "cosine + (||phi_S|| / ||phi_T|| - 1)^2"
     base = {"method": "rrm", "student": "cnn_wide", "teacher": "cnn_small", "teacher_method": "fast_at",
             "teacher_epochs": 1, "head_init": "teacher", "epochs": 1, "lr": 0.05, "batch_size": 128,
             "schedule": "auto", "eps": 0.1, "norm": "Linf", "amp": True, "train_size": 256, "monitor_size": 64, "seed": 0}
@@ -37,6 +38,8 @@ def test_report_shows_a_missing_ratio_as_a_dash_and_a_real_one_to_three_places()
     assert "ratio - to its teacher" in md and "keeps - of its teacher's" in md
     md = render_markdown(result(0.5, (0.5, 0.25, 0.125)))
     assert "| **25.0** | 0.500 |" in md and "keeps 0.250 of its teacher's" in md and "keeps 0.500 (" in md
+    row_lines = [line for line in md.splitlines() if line.startswith("| 2 |")]  # a norm's bars stay in the cell
+    assert row_lines and row_lines[0].count("|") - row_lines[0].count("\\|") == 13
 
 
 def test_no_teacher_row_is_the_teacher_free_ablation():

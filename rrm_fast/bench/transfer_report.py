@@ -16,6 +16,11 @@ def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def cell(text: str) -> str:
+    """Text for a markdown table cell: a '|' (a norm, ||phi||) would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def fmt_ratio(v) -> str:
     """A ratio to the teacher; None (a teacher with 0 robust accuracy) is '-'."""
     return "-" if v is None else f"{v:.3f}"
@@ -68,7 +73,7 @@ def _rows(res: dict) -> list[str]:
         if r["reused"]:
             notes.append(f"reused run (load {r['run_load']['median']:g})")
         ratio = fmt_ratio(r["ratio"])
-        lines.append(f"| {i} | {r['lever']} | `{r['name']}` | {r['setting']} | {r['epochs_run']} | {pct(h['clean'])} | "
+        lines.append(f"| {i} | {r['lever']} | `{r['name']}` | {cell(r['setting'])} | {r['epochs_run']} | {pct(h['clean'])} | "
                      f"**{pct(h['robust'])}** | {ratio} | {h['p_max']:.2f} | {h['max_logit']:.1f} | "
                      f"{secs(r['train_seconds'])} | {'; '.join(notes)} |")
     return lines + [""]
