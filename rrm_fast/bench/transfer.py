@@ -42,11 +42,12 @@ from ..data import load_dataset
 from ..errors import OneLineArgumentParser, run_cli
 from ..io import atomic_write_json, atomic_write_text, check_output_dir
 from ..runtime import resolve_device
-from ..train import TrainConfig
+from ..train import TrainConfig, train_run
 from ..train.cli import DEMO_STUDENT, DEMO_TEACHER
 from ..train.run import split_train
+from ..train.teacher import is_trained, teacher_run_config
 from ..validation import whole_number
-from . import harness
+from . import harness, timing
 from .transfer_report import plot, render_markdown
 
 
@@ -102,6 +103,9 @@ ROWS = (
     Row("schedule_cyclic", "lr and schedule", "cyclic schedule (default cosine)", {"schedule": "cyclic"}),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
+# Settings the trainer hands on to an architecture-named teacher (it is trained with the run's
+# lr, schedule, ...) that are the STUDENT's lever here: a row changing one keeps the base row's teacher.
+STUDENT_ONLY = frozenset({"lr", "schedule", "batch_size", "momentum", "weight_decay"})
 
 # FULL: the recorded study, at the demo's data (the defaults it supports are the demo's); QUICK:
 # a pipeline check whose figures support nothing. eval_steps None = the attack set's own.
@@ -146,7 +150,17 @@ def row_config(row: Row, size: dict, args) -> TrainConfig:
               **{k: v for k, v in row.changes.items() if k != "epochs"}, "epochs": epochs}
     if "teacher_epochs" in row.changes and args.quick:
         values["teacher_epochs"] = size["teacher_epochs"] + 1
+    pinned = pinned_teacher(row, size, args)
+    if pinned is not None:  # the base row's teacher by its checkpoint, so the row's change stays the student's
+        values["teacher"] = str(Path(pinned.out) / "final.safetensors")
     return TrainConfig(**values, out=str(Path(args.runs_dir) / row.name))
+
+
+def pinned_teacher(row: Row, size: dict, args) -> TrainConfig | None:
+    """The base row's teacher run for a row whose change is the student's own (STUDENT_ONLY), else None."""
+    if not STUDENT_ONLY & set(row.changes):
+        return None
+    return teacher_run_config(row_config(ROWS[0], size, args))
 
 
 # --------------------------------------------------------------------------- figures
@@ -195,15 +209,19 @@ def run_rows(args, rows: list[Row], size: dict, clock: str, evaluate, callbacks=
     results, teachers, runs = [], {}, []
     for row in rows:
         cfg = row_config(row, size, args)
+        pinned = pinned_teacher(row, size, args)
+        if pinned is not None and not is_trained(pinned):  # as the trainer trains a cached teacher (its own run)
+            train_run(pinned, progress=args.progress, exist_ok=True, resume=True, clock=timing.clock(clock))
         run = harness.run_or_reuse(row.name, cfg, clock=clock, progress=args.progress, callbacks=callbacks)
         runs.append(run)
         heldout = split_train(cfg, full)[1]
         spec = {"set": "heldout", "eps": cfg.eps, "norm": cfg.norm, "steps": size["eval_steps"], "n": len(heldout),
                 "seed": cfg.seed, "train_size": cfg.train_size}
         rep = run["report"]
-        t_ckpt = str(Path(rep["teacher_report"]).parent / "final.safetensors")
+        t_report = rep["teacher_report"] or str(Path(pinned.out) / "report.json")
+        t_ckpt = str(Path(t_report).parent / "final.safetensors")
         if t_ckpt not in teachers:
-            teachers[t_ckpt] = teacher_entry(rep["teacher_report"], heldout, spec, evaluate, device)
+            teachers[t_ckpt] = teacher_entry(t_report, heldout, spec, evaluate, device)
         res = row_result(row, cfg, run, figures(rep["checkpoint"], heldout, Path(cfg.out) / "heldout_eval.json", spec,
                                                 evaluate, device), teachers[t_ckpt])
         results.append(res)

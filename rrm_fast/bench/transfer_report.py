@@ -16,6 +16,16 @@ def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def cell(text: str) -> str:
+    """Text for a markdown table cell: a '|' (a norm, ||phi||) would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def fmt_ratio(v) -> str:
+    """A ratio to the teacher; None (a teacher with 0 robust accuracy) is '-'."""
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _intro(res: dict) -> list[str]:
     b, m = res["base"], res["machine"]
     attack = res["rows"][0]["heldout"]["attack"] if res["rows"] else "-"
@@ -62,8 +72,8 @@ def _rows(res: dict) -> list[str]:
             notes.append(f"teacher: {r['teacher']['method']} {r['teacher']['arch']} {r['teacher']['epochs_run']} ep")
         if r["reused"]:
             notes.append(f"reused run (load {r['run_load']['median']:g})")
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        lines.append(f"| {i} | {r['lever']} | `{r['name']}` | {r['setting']} | {r['epochs_run']} | {pct(h['clean'])} | "
+        ratio = fmt_ratio(r["ratio"])
+        lines.append(f"| {i} | {r['lever']} | `{r['name']}` | {cell(r['setting'])} | {r['epochs_run']} | {pct(h['clean'])} | "
                      f"**{pct(h['robust'])}** | {ratio} | {h['p_max']:.2f} | {h['max_logit']:.1f} | "
                      f"{secs(r['train_seconds'])} | {'; '.join(notes)} |")
     return lines + [""]
@@ -80,7 +90,7 @@ def _test(res: dict) -> list[str]:
         t = teachers[r["teacher"]["checkpoint"]].get("test")
         ratio = r["test"]["robust"] / t["robust"] if t and t["robust"] > 0 else None
         lines.append(f"| `{r['name']}` | {pct(r['test']['clean'])} | {pct(r['test']['robust'])} | "
-                     f"{pct(t['robust'] if t else None)} | {'-' if ratio is None else f'{ratio:.3f}'} |")
+                     f"{pct(t['robust'] if t else None)} | {fmt_ratio(ratio)} |")
     return lines + [f"\n({finals[0]['test']['n']} test images, {finals[0]['test']['attack']}.)", ""]
 
 
@@ -91,11 +101,11 @@ def findings(res: dict) -> list[str]:
     if rows:
         best = max(rows.values(), key=lambda r: r["heldout"]["robust"])
         out.append(f"Best held-out robust accuracy: `{best['name']}` ({pct(best['heldout']['robust'])} %, ratio "
-                   f"{best['ratio']:.3f} to its teacher).")
+                   f"{fmt_ratio(best['ratio'])} to its teacher).")
     if "default" in rows and "paper" in rows:
         d, p = rows["default"], rows["paper"]
-        out.append(f"The paper's RRM keeps {p['ratio']:.3f} of its teacher's robust accuracy; this project's default "
-                   f"keeps {d['ratio']:.3f} ({pct(p['heldout']['robust'])} % -> {pct(d['heldout']['robust'])} %), "
+        out.append(f"The paper's RRM keeps {fmt_ratio(p['ratio'])} of its teacher's robust accuracy; this project's default "
+                   f"keeps {fmt_ratio(d['ratio'])} ({pct(p['heldout']['robust'])} % -> {pct(d['heldout']['robust'])} %), "
                    f"clean {pct(p['heldout']['clean'])} % -> {pct(d['heldout']['clean'])} %.")
     if "default" in rows and "no_teacher" in rows:
         d, n = rows["default"], rows["no_teacher"]
