@@ -12,7 +12,7 @@ epochs and moved by one signed step of eps per visit along the student's input g
 the training backward (no extra pass; methods/student_delta.py), and the feature term is
 rel_l2, which matches phi's size as well as its direction:
   L = xent_weight * CE(S(x+d), y) + feat_weight * mean_i ||phi_S(x+d)_i - phi_T(x+d)_i|| / ||phi_T(x+d)_i||
-Honest held-out robust accuracy of the demo's student: paper RRM ~0.62 of its teacher's, the
+Honest held-out robust accuracy of the demo's student: paper RRM 0.62-0.80 of its teacher's, the
 variant ~0.98 (docs/transfer.md has the study, its rows and how each was measured).
 
 Options beyond the paper, for the study's levers: ``student_delta`` uniform / gaussian (fresh
