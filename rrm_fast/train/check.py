@@ -111,16 +111,19 @@ def own_figures(checkpoint: Path, cfg) -> dict | None:
 
 def summed_over_ranks(res: dict, group) -> dict:
     """One rank's worst-case result turned into the whole set's: counts summed, accuracies and
-    the CE-vs-margin check recomputed from the sums, times the slowest rank's."""
+    the CE-vs-margin check recomputed from the sums, times the mean over ranks."""
     rows = res["attacks"]
     n_local = res["n"]
     local = [n_local, round(res["clean_acc"] * n_local), round(res["robust_acc"] * n_local)]
     for r in rows:
         local += [r[k] for k in SUMMED] + [round(r.get("robust_acc_alone", 0.0) * n_local)]
+    # one collective for counts and times (times come back as the mean over ranks)
+    local += [res["seconds"]] + [r["seconds"] for r in rows]
     counts = torch.tensor(local, dtype=torch.float64)
     torch.distributed.all_reduce(counts, group=group)
-    seconds = torch.tensor([res["seconds"]] + [r["seconds"] for r in rows], dtype=torch.float64)
-    torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX, group=group)
+    world = torch.distributed.get_world_size(group)
+    seconds = counts[3 + 3 * len(rows):] / world
+    counts = counts[:3 + 3 * len(rows)]
     values = [int(v) for v in counts.tolist()]
     n, clean, robust = values[:3]
     robust_after = clean
