@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 
 from ..errors import OneLineArgumentParser, run_cli
-from ..io import atomic_write_json, atomic_write_text, check_output_dir
+from ..io import check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
@@ -299,11 +299,7 @@ def _run_claims(args, argv, callbacks) -> dict:
         if "rows" in res["equal_time"]:
             plot_equal_time(res, out / "claims_equal_time.png")
     plot(res, out / "claims.png")
-    md = render_markdown(res)
-    atomic_write_json(out / "claims.json", res)
-    atomic_write_text(out / "claims.md", md)
-    print(md)
-    print(f"-> {out / 'claims.json'}, {out / 'claims.md'}, {out / 'claims.png'}")
+    harness.write_results(out, "claims", res, render_markdown(res), plots=[out / "claims.png"])
     return res
 
 

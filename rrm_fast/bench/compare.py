@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..attacks import default_step
 from ..errors import OneLineArgumentParser, run_cli
-from ..io import atomic_write_json, atomic_write_text, check_output_dir
+from ..io import check_output_dir
 from ..methods import METHODS
 from ..runtime import resolve_device
 from ..train import TrainConfig
@@ -109,7 +109,6 @@ def method_configs(args) -> list[tuple[str, TrainConfig]]:
 
 
 def row_from(name, cfg, report, wall_seconds) -> dict:
-    test = report["test"]
     replays = harness.replays_of(cfg)
     return {"name": name, "method": cfg.method, "paper": METHODS[cfg.method].paper,
             "teacher": f"{cfg.teacher_method} {cfg.teacher}" if cfg.teacher else None,
@@ -263,12 +262,7 @@ def main(argv=None, *, callbacks=()) -> int:
         stem = f"method_comparison_{'fmnist' if args.dataset == 'fashion_mnist' else args.dataset}"
         if args.tag:
             stem += "_" + args.tag
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / f"{stem}.json", result)
-        atomic_write_text(out / f"{stem}.md", render_markdown(result))
-        print(render_markdown(result))
-        print(f"-> {out / (stem + '.json')}, {out / (stem + '.md')}")
+        harness.write_results(Path(args.out), stem, result, render_markdown(result))
         return 0
 
     return run_cli(run)

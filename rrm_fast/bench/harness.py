@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_write_text
 from ..methods import METHODS
 from ..eval.attack_sets import ATTACK_SETS
 from ..train import TrainConfig, train_run
@@ -194,3 +194,13 @@ def session(runs: list[dict], device) -> dict:
     return {"machine": machine, "load": merge_loads([r["load"] for r in runs]), "first": first, "last": last,
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first)),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last)), "wall_seconds": last - first}
+
+
+def write_results(out: Path, stem: str, res: dict, md: str, plots=()) -> None:
+    """A harness's result: OUT/STEM.json and OUT/STEM.md (atomically), the table printed, and
+    where everything went (``plots``: files the caller already wrote)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", res)
+    atomic_write_text(out / f"{stem}.md", md)
+    print(md)
+    print("-> " + ", ".join(str(p) for p in (out / f"{stem}.json", out / f"{stem}.md", *plots)))

@@ -40,7 +40,7 @@ import torch
 from ..checkpoint import load_model
 from ..data import load_dataset
 from ..errors import OneLineArgumentParser, run_cli
-from ..io import atomic_write_json, atomic_write_text, check_output_dir
+from ..io import atomic_write_json, check_output_dir
 from ..runtime import resolve_device
 from ..train import TrainConfig, train_run
 from ..train.cli import DEMO_STUDENT, DEMO_TEACHER
@@ -281,11 +281,7 @@ def run_transfer(args, argv, *, evaluate=None, callbacks=()) -> dict:
            "rows": results, "teachers": list(teachers.values()), "plot": "transfer.png"}
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out / "transfer.png")
-    md = render_markdown(res)
-    atomic_write_json(out / "transfer.json", res)
-    atomic_write_text(out / "transfer.md", md)
-    print(md)
-    print(f"-> {out / 'transfer.json'}, {out / 'transfer.md'}, {out / 'transfer.png'}")
+    harness.write_results(out, "transfer", res, render_markdown(res), plots=[out / "transfer.png"])
     return res
 
 
