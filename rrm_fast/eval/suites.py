@@ -99,12 +99,14 @@ def margin_check(rows: list[dict], n: int):
 
 def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks=DEFAULT_ATTACKS, steps=None, restarts=1, n_targets=None,
                         n_queries=5000, batch_size=500, device="cpu", seed=0, progress=False, channels_last=False,
-                        attack_amp=False, progress_file: ProgressFile | None = None, per_sample=False) -> dict:
+                        attack_amp=False, progress_file: ProgressFile | None = None, per_sample=False,
+                        log_warnings=True) -> dict:
     """Clean accuracy and the per-sample worst case over the attack set ``attacks`` (see
     rrm_fast.eval.attack_sets), the model in eval mode, judged in fp32 (attacks under autocast
     only with ``attack_amp``). "attack" names what the figure is the worst case over; "attacks"
     breaks it down per attack; "ce_vs_margin" and "warnings" carry the CE-vs-margin check,
-    which is also logged when it fires."""
+    which is also logged when it fires (unless ``log_warnings`` is False: a caller that combines
+    partial results, such as one rank of several, logs the combined check instead)."""
     norm = canonical_norm(norm)
     if n_targets is not None and n_targets < 1:
         raise ValueError(f"--n-targets must be >= 1 (got {n_targets})")
@@ -128,11 +130,16 @@ def evaluate_worst_case(model, ds, *, eps, norm="Linf", attacks=DEFAULT_ATTACKS,
            "worst of " + ", ".join(s.name for s in stages), "attack_set": attacks, "attacks": table,
            "ce_vs_margin": check, "warnings": [] if check is None or check["ok"] else [check["message"]],
            "restarts": restarts, "eps": eps, "norm": norm, "steps": steps, "seconds": time.perf_counter() - t0}
-    for w in res["warnings"]:
-        log.warning("ce_vs_margin: %s", w)
+    if log_warnings:
+        log_margin_warnings(res)
     if per_sample:
         res["robust_mask"] = tot["mask"]
     return res
+
+
+def log_margin_warnings(res: dict) -> None:
+    for w in res["warnings"]:
+        log.warning("ce_vs_margin: %s", w)
 
 
 def evaluate_standard(model, ds, *, eps, norm="Linf", steps=100, restarts=1, n_targets=9, n_queries=5000,

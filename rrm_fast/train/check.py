@@ -24,7 +24,7 @@ import torch
 from ..checkpoint import load_model
 from ..data import load_dataset
 from ..eval import evaluate_worst_case
-from ..eval.suites import margin_check
+from ..eval.suites import log_margin_warnings, margin_check
 from ..io import atomic_write_json
 
 log = logging.getLogger("rrm_fast.train")
@@ -59,8 +59,12 @@ class RobustnessCheck:
         if self.ctx is None or not self.ctx.enabled:
             return evaluate_worst_case(model, ds, **kw)
         ctx = self.ctx
-        res = evaluate_worst_case(model, ds.subset(torch.arange(ctx.rank, len(ds), ctx.world_size)), **kw)
-        return summed_over_ranks(res, ctx.control_group)
+        res = evaluate_worst_case(model, ds.subset(torch.arange(ctx.rank, len(ds), ctx.world_size)),
+                                  log_warnings=False, **kw)  # one rank's share: the summed check is logged
+        res = summed_over_ranks(res, ctx.control_group)
+        if ctx.is_main:
+            log_margin_warnings(res)
+        return res
 
 
 def test_split(cfg, warn: bool = True):
@@ -80,14 +84,15 @@ def checkpoint_figures(cfg, checkpoint: str, device, progress: bool) -> dict:
     """Another model (the demo's teacher) measured exactly as ``cfg``'s run measures its own:
     same attacks, same test samples, same seeds. Kept beside the checkpoint, keyed by those
     settings and the weights' sha256, so a cached teacher is attacked once per setting."""
-    model, meta = load_model(checkpoint, device)
-    key = json.dumps({**{k: getattr(cfg, k) for k in EVAL_KEYS}, "sha256": meta.get("sha256")}, sort_keys=True)
-    kept = Path(checkpoint).with_name(f"test-eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
-    if kept.exists():
-        return json.loads(kept.read_text())
     own = own_figures(Path(checkpoint), cfg)
     if own is not None:  # the checkpoint's own run measured it with these very settings
         return own
+    sha256 = json.loads(Path(checkpoint).with_suffix(".json").read_text()).get("sha256")  # the sidecar's
+    key = json.dumps({**{k: getattr(cfg, k) for k in EVAL_KEYS}, "sha256": sha256}, sort_keys=True)
+    kept = Path(checkpoint).with_name(f"test-eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json")
+    if kept.exists():
+        return json.loads(kept.read_text())
+    model, _ = load_model(checkpoint, device)  # verifies the weights against that sha256
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check, ds = RobustnessCheck(cfg, None, device), test_split(cfg, warn=False)
