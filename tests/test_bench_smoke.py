@@ -20,6 +20,9 @@ TINY = ["--train-size", "256", "--monitor-size", "64", "--test-size", "64", "--e
         "--standard-queries", "10"]
 PAIR, MONITOR = "worst of APGD-CE-2, APGD-T-2x3", "worst of PGD-2-CE, PGD-2-DLR"  # TINY's attacks, as reports name them
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+# results files made before the honest default (CE-only PGD-20), as committed on 22 Nov 2026:
+# a user's old results must still render, and say what their figures are
+CE_ONLY = Path(__file__).resolve().parent / "fixtures" / "ce_only_results"
 
 
 @pytest.mark.slow
@@ -70,7 +73,7 @@ def test_claims_tables_name_the_attacks_of_the_reports_and_old_results_still_ren
     the honest default) renders and says what its figures are; the same results with honest
     reports name those reports' attacks, carry the standard column and list each CE-vs-margin
     warning with its numbers; a --eval-attacks pgd-ce run is called CE-only."""
-    old = json.loads((RESULTS / "claims_cpu" / "claims.json").read_text())
+    old = json.loads((CE_ONLY / "claims_cpu_claims.json").read_text())
     md = claims_report.render_markdown(copy.deepcopy(old))
     assert "test robust % (PGD-20) | standard % |" in md and "robust accuracy under PGD-10 on the held-out" in md
     assert "**CE-only figures.** The test figures and the held-out curves" in md and "predate that default" in md
@@ -96,11 +99,38 @@ def test_claims_tables_name_the_attacks_of_the_reports_and_old_results_still_ren
     assert "**CE-only figures.** The test figures come" in md and "predate" not in md
 
 
+def _attack_names(obj) -> list[str]:
+    """The attacks named behind every robust figure of a results file: each string under an
+    "attack" key, except a per-attack stage's own (it has "run_on") inside a worst-case figure."""
+    if isinstance(obj, dict):
+        own = [obj["attack"]] if isinstance(obj.get("attack"), str) and "run_on" not in obj else []
+        return own + [a for v in obj.values() for a in _attack_names(v)]
+    return [a for v in obj for a in _attack_names(v)] if isinstance(obj, list) else []
+
+
+@pytest.mark.parametrize("path, renderer", [
+    ("claims_cpu/claims", claims_report.render_markdown),
+    ("method_comparison_fmnist", compare.render_markdown),
+    ("method_comparison_fmnist_teacher_head", compare.render_markdown),
+    ("transfer_cpu_10k/transfer", None),
+])
+def test_committed_results_are_honest_and_their_tables_regenerated(path, renderer):
+    """Issue 13: every committed harness table is the renderer's output of its own JSON (no hand
+    edits), and every robust figure in it comes from attacks that include a margin loss
+    (APGD-T, DLR or CW), never CE-only PGD."""
+    if renderer is None:
+        from rrm_fast.bench.transfer_report import render_markdown as renderer
+    res = json.loads((RESULTS / f"{path}.json").read_text())
+    assert renderer(res) == (RESULTS / f"{path}.md").read_text()
+    attacks = _attack_names(res)
+    assert attacks and all(any(m in a for m in ("APGD-T", "DLR", "CW")) for a in attacks), sorted(set(attacks))
+
+
 def test_compare_tables_name_the_attacks_and_old_results_still_render():
     for name in ("method_comparison_fmnist.json", "method_comparison_fmnist_teacher_head.json"):
-        md = compare.render_markdown(json.loads((RESULTS / name).read_text()))
+        md = compare.render_markdown(json.loads((CE_ONLY / name).read_text()))
         assert "| robust % (PGD-20 x1 (Linf eps=0.1)) | standard % |" in md and "This table predates that default" in md
-    res = json.loads((RESULTS / "method_comparison_fmnist.json").read_text())
+    res = json.loads((CE_ONLY / "method_comparison_fmnist.json").read_text())
     res["settings"]["eval_attacks"] = "apgd-ce+t"
     warning = "PGD-2-CE 50.00%, PGD-2-DLR 40.00% on the same 10 samples -- the margin attack finds 10.0 points more"
     for i, r in enumerate(res["rows"] + res["teachers"]):

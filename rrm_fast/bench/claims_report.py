@@ -56,7 +56,19 @@ def monitor_attack(res: dict) -> str:
     return curve_attack(curves, res["settings"].get("monitor_attack"))
 
 
+def in_method_order(res: dict) -> dict:
+    """``res`` with its row dicts back in the harness's order: the JSON file sorts keys, so a
+    result read back lists its methods alphabetically; ``method_order`` keeps the table's."""
+    def ordered(d: dict) -> dict:
+        if "rows" in d and d.get("method_order"):
+            d = {**d, "rows": {n: d["rows"][n] for n in d["method_order"] if n in d["rows"]} | d["rows"]}
+        return d
+    res = ordered(res)
+    return {**res, "equal_time": ordered(res["equal_time"])} if "equal_time" in res else res
+
+
 def render_markdown(res: dict) -> str:
+    res = in_method_order(res)
     equal_time = _equal_time(res) if "equal_time" in res else []
     return "\n".join(_intro(res) + _results(res) + _claims(res["claims"], attack_name(_tests(res))) + equal_time + _curves(res)) + "\n"
 
@@ -223,6 +235,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    res = in_method_order(res)
     t, rows, cl = res["teacher"], res["rows"], res["claims"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, title in ((axes[0], "robust", f"held-out robust accuracy ({monitor_attack(res)})"),
@@ -265,6 +278,7 @@ def plot(res: dict, path: Path) -> None:
 def plot_equal_time(res: dict, path: Path) -> None:
     """Held-out robust accuracy against training time of the equal-time runs, teacher excluded
     (solid) and included (dotted, methods with a teacher), the budget and the target."""
+    res = in_method_order(res)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
