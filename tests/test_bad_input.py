@@ -160,6 +160,8 @@ CASES = {
                                              "already holds events.out.tfevents.1.host"),
     "--out holding a run": Case("train", [*NATURAL, "--out", "{s}/has_run"], "already holds a run (config.json)"),
     "demo --out holding demo.json": Case("train", ["--out", "{s}/has_demo", "--no-progress"], "already holds demo.json"),
+    "demo --out holding a natural run": Case("train", ["--out", "{s}/has_demo_natural", "--no-progress"],
+                                             "has_demo_natural/natural already holds a run (config.json)"),
     # ---------------------------------------------------------------- --resume
     "resume without a run": Case("train", ["--resume", "{t}/nope"], "no config.json there"),
     "resume config.json edited": Case("train", ["--resume", "{s}/resume_edited"],
@@ -304,8 +306,9 @@ def inputs(tmp_path_factory) -> Path:
     (s / "has_state" / "state" / "step-000000001.json").write_text("{}")
     for folder, text in (("has_run", json.dumps({"method": "natural"})),
                          ("resume_edited", json.dumps({"method": "natural", "epochs": "three"})),
-                         ("resume_damaged", '{"method": "natural", ')):
-        (s / folder).mkdir()
+                         ("resume_damaged", '{"method": "natural", '),
+                         ("has_demo_natural/natural", json.dumps({"method": "natural"}))):
+        (s / folder).mkdir(parents=True)
         (s / folder / "config.json").write_text(text)
     return s
 

@@ -279,3 +279,51 @@ def test_the_demo_attacks_the_teacher_exactly_as_the_student_and_keeps_the_figur
     assert lines[5] == ("the student keeps 90.0% of the teacher's robust accuracy (same attacks, same images); its "
                         "clean accuracy is 1.00 points below the teacher's")
     assert lines[6] == "[WARN] student: the margin attack finds 3.0 points more"
+
+    # the natural baseline: the student's architecture without the teacher, attacked alike
+    n_rep = {"student": "cnn_wide", "method": "natural", "train_seconds": 15.0, "images_per_second": 70.0,
+             "test": {"n": 1000, "clean_acc": 0.88, "robust_acc": 0.05, "attack": "worst of A, B", "warnings": []},
+             "test_standard": {"n": 200, "robust_acc": 0.04, "attack": "S"}}
+    summary = demo_summary(t_rep, s_rep, n_rep)
+    assert summary["natural_robust"] == 0.05 and summary["robust_over_natural_points"] == pytest.approx(58.0)
+    lines = demo_table(TrainConfig(test_size=1000), t_rep, s_rep, summary, n_rep)
+    assert lines[5].split() == ["natural", "cnn_wide", "natural", "88.00%", "5.00%", "4.00%", "15.0", "70"]
+    assert lines[7] == ("natural training of the student's architecture (same epochs, no teacher) reaches 5.00%: "
+                        "the transfer adds 58.00 points")
+    assert lines[8] == "[WARN] student: the margin attack finds 3.0 points more"
+
+
+def test_the_demo_natural_baseline_is_the_student_without_its_teacher(tmp_path):
+    """Same architecture, data, epochs, schedule and attacks as the demo's student; no teacher,
+    no RRM options; its own directory beside the student's."""
+    from rrm_fast.train.cli import natural_config, parse
+
+    cfg = parse(["--amp", "--out", str(tmp_path / "d"), "--epochs", "3", "--xent-weight", "0.01"]).cfg
+    nat = natural_config(cfg)
+    assert (nat.method, nat.teacher, nat.head_init, nat.method_options) == ("natural", None, "random", {})
+    assert nat.out == str(tmp_path / "d" / "natural")
+    same = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("method", "teacher", "head_init", "method_options", "out")}
+    assert {k: getattr(nat, k) for k in same} == same and nat.epochs == 3 and nat.amp
+
+
+def test_the_demo_end_to_end_writes_teacher_student_and_natural(tmp_path, monkeypatch, caplog):
+    """The whole demo path at a tiny size: teacher (cached under a fresh cache), student, natural
+    baseline, the table and demo.json with all three and the summary."""
+    from rrm_fast.train.cli import main as train_main
+
+    monkeypatch.setenv("RRM_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--no-progress", "--epochs", "1", "--teacher-epochs", "1", "--train-size", "300",
+            "--monitor-size", "50", "--monitor-steps", "1", "--test-size", "40", "--eval-steps", "2",
+            "--standard-size", "0", "--batch-size", "100"]
+    with caplog.at_level("INFO", logger="rrm_fast.train"):
+        assert train_main(argv) == 0
+    demo = json.loads((out / "demo.json").read_text())
+    assert [demo[k]["method"] for k in ("teacher", "student", "natural")] == ["fast_at", "rrm", "natural"]
+    assert demo["natural"]["student"] == demo["student"]["student"] == "cnn_wide"
+    t, s, n = (demo[k]["test"] for k in ("teacher", "student", "natural"))
+    assert t["n"] == s["n"] == n["n"] == 40 and t["attack"] == s["attack"] == n["attack"]
+    assert demo["summary"]["robust_over_natural_points"] == pytest.approx(100 * (s["robust_acc"] - n["robust_acc"]))
+    assert (out / "natural" / "final.safetensors").exists() and (out / "student" / "final.safetensors").exists()
+    assert "natural training of the student's architecture" in caplog.text

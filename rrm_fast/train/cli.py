@@ -17,6 +17,7 @@ docs/reliability.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -28,9 +29,10 @@ from .. import distributed as dist_util
 from ..errors import UsageError, console_logging, did_you_mean, run_cli
 from ..io import atomic_write_json
 from .config import (TrainConfig, add_config_flags, config_for_resume, config_from_values, merge, parse_error_line,
-                     read_config_file, resume_flags, values_from_flags)
+                     read_config_file, resume_flags, validate_config, values_from_flags)
 from .check import checkpoint_figures
 from .run import train_run
+from .state import check_out
 
 log = logging.getLogger("rrm_fast.train")
 
@@ -107,37 +109,53 @@ def parse(argv) -> Request:
         raise ValueError(f"--out {base_out} already holds demo.json from an earlier demo, which this one would replace; "
                          "choose another --out")
     cfg.out = str(base_out / "student")
+    check_out(base_out / "natural", resume=False, exist_ok=False)  # before the student's minutes, not after
     return Request(cfg, progress, demo=True)
 
 
+def natural_config(cfg: TrainConfig) -> TrainConfig:
+    """The demo's baseline: the student's architecture, data, epochs, schedule and attacks, trained
+    naturally, without the teacher; what the student has beyond it is what the transfer gave."""
+    out = dataclasses.replace(cfg, method="natural", teacher=None, teacher_arch=None, head_init="random",
+                              method_options={}, out=str(Path(cfg.out).parent / "natural"))
+    validate_config(out)
+    return out
+
+
 def run_demo(cfg: TrainConfig, progress: bool) -> int:
-    """Teacher (fast_at cnn_small, cached) -> RRM student (cnn_wide) -> table. The teacher is
-    attacked exactly as the student (same attacks, samples and seeds), so the ratio is fair."""
+    """Teacher (fast_at cnn_small, cached) -> RRM student (cnn_wide) -> natural cnn_wide -> table.
+    All three are attacked the same way (same attacks, samples and seeds), so the ratios are fair."""
     base_out = Path(cfg.out).parent
     t0 = time.perf_counter()
     s_report = train_run(cfg, progress=progress)
     t_report = json.loads(Path(s_report["teacher_report"]).read_text())
     t_report.update(checkpoint_figures(cfg, t_report["checkpoint"], s_report["device"], progress and sys.stderr.isatty()))
-    summary = demo_summary(t_report, s_report)
-    log.info("\n".join(demo_table(cfg, t_report, s_report, summary) + [
+    n_report = train_run(natural_config(cfg), progress=progress)
+    summary = demo_summary(t_report, s_report, n_report)
+    log.info("\n".join(demo_table(cfg, t_report, s_report, summary, n_report) + [
         f"teacher checkpoint: {t_report['checkpoint']}", f"student checkpoint: {s_report['checkpoint']}",
-        f"total wall time {time.perf_counter() - t0:.1f}s"]))
-    atomic_write_json(base_out / "demo.json", {"teacher": t_report, "student": s_report, "summary": summary})
+        f"natural checkpoint: {n_report['checkpoint']}", f"total wall time {time.perf_counter() - t0:.1f}s"]))
+    atomic_write_json(base_out / "demo.json", {"teacher": t_report, "student": s_report, "natural": n_report,
+                                               "summary": summary})
     return 0
 
 
-def demo_summary(t_report: dict, s_report: dict) -> dict:
-    """What the student keeps of its teacher, under the same attacks on the same images."""
+def demo_summary(t_report: dict, s_report: dict, n_report: dict | None = None) -> dict:
+    """What the student keeps of its teacher, under the same attacks on the same images, and
+    (``n_report``) how far it is above natural training of its own architecture."""
     t, s = t_report["test"], s_report["test"]
     out = {"attack": s["attack"], "n": s["n"], "robust_kept": s["robust_acc"] / max(t["robust_acc"], 1e-12),
            "clean_gap_points": 100 * (t["clean_acc"] - s["clean_acc"])}
     if t_report.get("test_standard") and s_report.get("test_standard"):
         out["robust_kept_standard"] = (s_report["test_standard"]["robust_acc"]
                                        / max(t_report["test_standard"]["robust_acc"], 1e-12))
+    if n_report is not None:
+        out["natural_robust"] = n_report["test"]["robust_acc"]
+        out["robust_over_natural_points"] = 100 * (s["robust_acc"] - n_report["test"]["robust_acc"])
     return out
 
 
-def demo_table(cfg: TrainConfig, t_report: dict, s_report: dict, summary: dict) -> list[str]:
+def demo_table(cfg: TrainConfig, t_report: dict, s_report: dict, summary: dict, n_report: dict | None = None) -> list[str]:
     s = s_report["test"]
     standard = s_report.get("test_standard")
     where = f"the first {s['n']} test images" if cfg.test_size else f"the full test split ({s['n']} images)"
@@ -145,14 +163,18 @@ def demo_table(cfg: TrainConfig, t_report: dict, s_report: dict, summary: dict) 
                  + (f"; standard = {standard['attack']} on the first {standard['n']}" if standard else ""),
              f"{'role':8} {'model':10} {'method':8} {'clean':>7} {'robust':>7}" + (f" {'standard':>8}" if standard else "")
              + f" {'train s':>8} {'img/s':>7}"]
-    for role, r in (("teacher", t_report), ("student", s_report)):
+    roles = [("teacher", t_report), ("student", s_report)] + ([("natural", n_report)] if n_report else [])
+    for role, r in roles:
         std = f" {100 * r['test_standard']['robust_acc']:7.2f}%" if standard and r.get("test_standard") else ""
         lines.append(f"{role:8} {r['student']:10} {r['method']:8} {100 * r['test']['clean_acc']:6.2f}% "
                      f"{100 * r['test']['robust_acc']:6.2f}%{std} {r['train_seconds']:8.1f} {r['images_per_second']:7.0f}")
     gap = summary["clean_gap_points"]
     lines.append(f"the student keeps {100 * summary['robust_kept']:.1f}% of the teacher's robust accuracy (same attacks, "
                  f"same images); its clean accuracy is {abs(gap):.2f} points {'below' if gap >= 0 else 'above'} the teacher's")
-    for role, r in (("teacher", t_report), ("student", s_report)):
+    if n_report:
+        lines.append(f"natural training of the student's architecture (same epochs, no teacher) reaches "
+                     f"{100 * summary['natural_robust']:.2f}%: the transfer adds {summary['robust_over_natural_points']:.2f} points")
+    for role, r in roles:
         lines += [f"[WARN] {role}: {w}" for w in r["test"].get("warnings", [])]
     return lines
 
