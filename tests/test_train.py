@@ -281,30 +281,31 @@ def test_the_demo_attacks_the_teacher_exactly_as_the_student_and_keeps_the_figur
     assert lines[6] == "[WARN] student: the margin attack finds 3.0 points more"
 
     # the natural baseline: the student's architecture without the teacher, attacked alike
-    n_rep = {"student": "cnn_wide", "method": "natural", "train_seconds": 15.0, "images_per_second": 70.0,
+    n_rep = {"student": "cnn_wide", "method": "natural", "train_seconds": 15.0, "images_per_second": 70.0, "epochs_run": 2,
              "test": {"n": 1000, "clean_acc": 0.88, "robust_acc": 0.05, "attack": "worst of A, B", "warnings": []},
              "test_standard": {"n": 200, "robust_acc": 0.04, "attack": "S"}}
     summary = demo_summary(t_rep, s_rep, n_rep)
     assert summary["natural_robust"] == 0.05 and summary["robust_over_natural_points"] == pytest.approx(58.0)
     lines = demo_table(TrainConfig(test_size=1000), t_rep, s_rep, summary, n_rep)
     assert lines[5].split() == ["natural", "cnn_wide", "natural", "88.00%", "5.00%", "4.00%", "15.0", "70"]
-    assert lines[7] == ("natural training of the student's architecture (same epochs, no teacher) reaches 5.00%: "
+    assert lines[7] == ("natural training of the student's architecture (2 epochs, no teacher) reaches 5.00%: "
                         "the transfer adds 58.00 points")
     assert lines[8] == "[WARN] student: the margin attack finds 3.0 points more"
 
 
 def test_the_demo_natural_baseline_is_the_student_without_its_teacher(tmp_path):
-    """Same architecture, data, epochs, schedule and attacks as the demo's student; no teacher,
-    no RRM options; its own directory beside the student's."""
-    from rrm_fast.train.cli import natural_config, parse
+    """Same architecture, data, schedule and attacks as the demo's student, at most
+    DEMO_NATURAL_EPOCHS epochs; no teacher, no RRM options; its own directory beside the student's."""
+    from rrm_fast.train.cli import DEMO_NATURAL_EPOCHS, natural_config, parse
 
-    cfg = parse(["--amp", "--out", str(tmp_path / "d"), "--epochs", "3", "--xent-weight", "0.01"]).cfg
+    assert DEMO_NATURAL_EPOCHS == 2 and natural_config(parse(["--out", str(tmp_path / "e")]).cfg).epochs == 2
+    cfg = parse(["--amp", "--out", str(tmp_path / "d"), "--epochs", "1", "--xent-weight", "0.01"]).cfg
     nat = natural_config(cfg)
     assert (nat.method, nat.teacher, nat.head_init, nat.method_options) == ("natural", None, "random", {})
     assert nat.out == str(tmp_path / "d" / "natural")
     same = {k: v for k, v in dataclasses.asdict(cfg).items()
             if k not in ("method", "teacher", "head_init", "method_options", "out")}
-    assert {k: getattr(nat, k) for k in same} == same and nat.epochs == 3 and nat.amp
+    assert {k: getattr(nat, k) for k in same} == same and nat.epochs == 1 and nat.amp
 
 
 def test_the_demo_end_to_end_writes_teacher_student_and_natural(tmp_path, monkeypatch, caplog):
