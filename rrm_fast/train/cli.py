@@ -64,7 +64,8 @@ def build_parser():
 
     p = ArgumentParser(prog="python -m rrm_fast.train", exit_on_error=False, default_env=False,
                        description="Train robust models: RRM, its peers, and adversarial-training baselines. "
-                                   "With no --method and no --config it runs the built-in demo (teacher + RRM student).")
+                                   "With no --method and no --config it runs the built-in demo (teacher, RRM student, "
+                                   "natural baseline).")
     p.add_argument("--config", help="YAML or JSON file with the same keys as the flags (flags override it)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest training state, with "
                                                        f"its saved settings (only {', '.join(resume_flags())} may be added)")
