@@ -278,8 +278,11 @@ def test_ctrl_c_names_the_partial_file_and_resume_finishes_the_run(zoo_ckpt, tmp
             "progress.ProgressFile.put = put_then_pause\n"
             "from rrm_fast.eval.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
+    # SIG_DFL for SIGINT in the child, as a foreground command gets: a shell starts background jobs
+    # (`.ci/run &`, nohup) with SIGINT ignored, which Python then keeps, and the interrupt never lands
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
