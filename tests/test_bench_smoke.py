@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrm_fast.bench import claims, claims_report, compare, harness, steps, timing
+from rrm_fast.bench import claims, claims_report, compare, harness, steps, timing, transfer_report
 from rrm_fast.bench.__main__ import main as bench_main
 from rrm_fast.bench.timing import interleaved_times, per_round_median
 
@@ -112,14 +112,12 @@ def _attack_names(obj) -> list[str]:
     ("claims_cpu/claims", claims_report.render_markdown),
     ("method_comparison_fmnist", compare.render_markdown),
     ("method_comparison_fmnist_teacher_head", compare.render_markdown),
-    ("transfer_cpu_10k/transfer", None),
+    ("transfer_cpu_10k/transfer", transfer_report.render_markdown),
 ])
 def test_committed_results_are_honest_and_their_tables_regenerated(path, renderer):
     """Issue 13: every committed harness table is the renderer's output of its own JSON (no hand
     edits), and every robust figure in it comes from attacks that include a margin loss
     (APGD-T, DLR or CW), never CE-only PGD."""
-    if renderer is None:
-        from rrm_fast.bench.transfer_report import render_markdown as renderer
     res = json.loads((RESULTS / f"{path}.json").read_text())
     assert renderer(res) == (RESULTS / f"{path}.md").read_text()
     attacks = _attack_names(res)
